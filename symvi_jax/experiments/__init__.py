@@ -1,0 +1,1 @@
+"""Experiments behind the ``symvi-jax`` subcommands; each module has ``Config`` and ``run``."""

@@ -1,0 +1,185 @@
+"""The mean-field Gaussian variational family q(w) = prod_i N(w_i; mu_i, sigma_i^2).
+
+The state holds ``loc`` (mu) and ``raw_scale`` (rho), both shaped like the params tree. The
+positivity map is
+
+    sigma = SCALE_FLOOR + softplus(rho),   SCALE_FLOOR = 1e-7,
+
+which is smooth, cannot reach zero (sigma >= 1e-7 even when softplus underflows in float32) and
+cannot overflow (softplus(rho) ~ rho for large rho, unlike exp). Gradients of sigma with respect to
+rho are sigmoid(rho) in (0, 1).
+
+Functions (all pure, jit- and vmap-able):
+  init(params, *, init_scale)             -> MeanFieldState
+  scale(q)                                -> sigma tree
+  sample(rng_key, q, num_samples)         -> params tree with a leading num_samples axis
+  log_prob(q, params)                     -> log q(w), summed over all leaves
+  entropy(q)                              -> H(q) = sum_i 0.5 log(2 pi e sigma_i^2)
+  kl_to_normal(q, prior_scale)            -> KL(q || N(0, s^2 I)), closed form
+  to_distrax(q)                           -> tree of distrax distributions (outside jit state)
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple, Optional, Union
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from symvi_jax.types import Array, ArrayLike, ArrayTree, PRNGKey
+
+__all__ = [
+    "MeanFieldState",
+    "SCALE_FLOOR",
+    "init",
+    "normal",
+    "scale",
+    "sample",
+    "log_prob",
+    "entropy",
+    "kl_to_normal",
+    "to_distrax",
+]
+
+#: Smallest representable standard deviation; see the module docstring.
+SCALE_FLOOR = 1e-7
+
+_HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
+
+
+class MeanFieldState(NamedTuple):
+    """Variational parameters: ``loc`` (mu) and ``raw_scale`` (rho), each shaped like params."""
+
+    loc: ArrayTree
+    raw_scale: ArrayTree
+
+
+def _check_positive(value, name: str) -> None:
+    """Eager validation of a positive scalar or tree; skipped for traced values."""
+    for leaf in jax.tree.leaves(value):
+        if isinstance(leaf, jax.core.Tracer):
+            continue
+        arr = np.asarray(leaf)
+        if not np.all(np.isfinite(arr)) or np.any(arr <= 0):
+            raise ValueError(f"{name} must be finite and > 0, got {value!r}")
+
+
+def _broadcast_like(value, tree: ArrayTree) -> ArrayTree:
+    """A scalar becomes a tree shaped like ``tree``; a tree is returned as it is."""
+    if isinstance(value, (int, float)) or (hasattr(value, "ndim") and value.ndim == 0):
+        return jax.tree.map(lambda _: value, tree)
+    return value
+
+
+def inverse_softplus_scale(sigma: ArrayLike) -> Array:
+    """rho such that SCALE_FLOOR + softplus(rho) = sigma (sigma > SCALE_FLOOR)."""
+    x = jnp.asarray(sigma) - SCALE_FLOOR
+    # log(expm1(x)) written stably: for large x it is x + log1p(-exp(-x)).
+    return x + jnp.log(-jnp.expm1(-x))
+
+
+def init(params: ArrayTree, *, init_scale: Union[float, ArrayTree]) -> MeanFieldState:
+    """Centre q at ``params`` with every standard deviation equal to ``init_scale``.
+
+    Args:
+      params: the mean, e.g. ``MLP.init(...)["params"]`` (or the trainable part of it).
+      init_scale: initial sigma, a positive float (or a tree of them shaped like params), larger
+        than ``SCALE_FLOOR``.
+    """
+    _check_positive(init_scale, "init_scale")
+    for leaf in jax.tree.leaves(init_scale):
+        if not isinstance(leaf, jax.core.Tracer) and np.any(np.asarray(leaf) <= SCALE_FLOOR):
+            raise ValueError(f"init_scale must exceed SCALE_FLOOR = {SCALE_FLOOR}, got {init_scale!r}")
+    loc = jax.tree.map(jnp.asarray, params)
+    if not jax.tree.leaves(loc):
+        raise ValueError("params has no leaves to put a variational distribution on")
+    return normal(loc, init_scale)
+
+
+def normal(loc: ArrayTree, scale: Union[float, ArrayTree]) -> MeanFieldState:
+    """The state of N(loc, scale^2 I), e.g. an isotropic prior ``normal(zeros_like(params), s)``."""
+    _check_positive(scale, "scale")
+    return MeanFieldState(
+        loc=loc,
+        raw_scale=jax.tree.map(
+            lambda x, s: jnp.broadcast_to(inverse_softplus_scale(s), jnp.shape(x)).astype(jnp.result_type(x)),
+            loc,
+            _broadcast_like(scale, loc),
+        ),
+    )
+
+
+def scale(q: MeanFieldState) -> ArrayTree:
+    """sigma = SCALE_FLOOR + softplus(rho), leafwise."""
+    return jax.tree.map(lambda r: SCALE_FLOOR + jax.nn.softplus(r), q.raw_scale)
+
+
+def sample(rng_key: PRNGKey, q: MeanFieldState, num_samples: Optional[int] = None) -> ArrayTree:
+    """Reparameterised draws w = mu + sigma * eps, eps ~ N(0, I).
+
+    Returns one params tree, or a tree with a leading axis of ``num_samples`` draws. The draws are
+    differentiable with respect to ``q``.
+    """
+    if num_samples is not None and (not isinstance(num_samples, (int, np.integer)) or num_samples < 1):
+        raise ValueError(f"num_samples must be None or a positive int, got {num_samples!r}")
+    leaves, treedef = jax.tree.flatten(q.loc)
+    keys = jax.random.split(rng_key, len(leaves))
+    lead = () if num_samples is None else (num_samples,)
+    noise = [jax.random.normal(k, lead + jnp.shape(x), dtype=x.dtype) for k, x in zip(keys, leaves)]
+    noise = jax.tree.unflatten(treedef, noise)
+    return jax.tree.map(lambda m, s, e: m + s * e, q.loc, scale(q), noise)
+
+
+def log_prob(q: MeanFieldState, params: ArrayTree) -> Array:
+    """log q(w) = sum_i log N(w_i; mu_i, sigma_i^2).
+
+    ``params`` may carry leading batch axes (the same on every leaf); they are kept in the output.
+    """
+
+    def leaf_log_prob(x, m, s):
+        z = (x - m) / s
+        terms = -0.5 * jnp.square(z) - jnp.log(s) - _HALF_LOG_2PI
+        return jnp.sum(terms, axis=tuple(range(jnp.ndim(x) - jnp.ndim(m), jnp.ndim(x))))
+
+    per_leaf = jax.tree.map(leaf_log_prob, params, q.loc, scale(q))
+    return sum(jax.tree.leaves(per_leaf))
+
+
+def entropy(q: MeanFieldState) -> Array:
+    """H(q) = sum_i [0.5 log(2 pi e) + log sigma_i]."""
+    per_leaf = jax.tree.map(lambda s: jnp.sum(jnp.log(s) + _HALF_LOG_2PI + 0.5), scale(q))
+    return sum(jax.tree.leaves(per_leaf))
+
+
+def kl_to_normal(q: MeanFieldState, prior_scale: Union[float, ArrayTree] = 1.0) -> Array:
+    """KL(q || N(0, s^2 I)) = sum_i [log(s / sigma_i) + (sigma_i^2 + mu_i^2) / (2 s^2) - 1/2].
+
+    Args:
+      prior_scale: the prior standard deviation s, a positive float or a tree of them (broadcast
+        against each leaf).
+    """
+    _check_positive(prior_scale, "prior_scale")
+    prior_scale = _broadcast_like(prior_scale, q.loc)
+
+    def leaf_kl(m, s, p):
+        p = jnp.asarray(p, dtype=m.dtype)
+        return jnp.sum(jnp.log(p) - jnp.log(s) + (jnp.square(s) + jnp.square(m)) / (2 * jnp.square(p)) - 0.5)
+
+    per_leaf = jax.tree.map(leaf_kl, q.loc, scale(q), prior_scale)
+    return sum(jax.tree.leaves(per_leaf))
+
+
+def to_distrax(q: MeanFieldState):
+    """A tree (shaped like params) of ``distrax.Independent(distrax.Normal(mu, sigma))``.
+
+    For users who want distrax objects; keep them out of jitted state (STYLE.md, section 9.3).
+    """
+    import distrax
+
+    return jax.tree.map(
+        lambda m, s: distrax.Independent(distrax.Normal(m, s), reinterpreted_batch_ndims=jnp.ndim(m)),
+        q.loc,
+        scale(q),
+    )

@@ -1,0 +1,164 @@
+"""Variational objectives: the ELBO L and the symmetrized ELBO L^K of Gelberg et al. (2024).
+
+For a minibatch B of size M from N points, S reparameterised draws w_s ~ q and an isotropic
+Gaussian prior N(0, s^2 I):
+
+    L   = (N / M) (1/S) sum_s sum_{n in B} log p(y_n | x_n, w_s) - KL(q || N(0, s^2 I))
+    L^K = L + I^K,
+
+where I^K is an estimate of I(g; w) from ``orbits`` on the *same* S draws (Theorem 4.1:
+L^G = L + I(g; w); Theorem 4.3: L^K <= L^G with uniform permutations). The KL is closed form.
+
+Both functions have the signature ``fn(rng_key, q, batch, **config) -> (value, ObjectiveInfo)``;
+``vi.build`` binds the configuration once.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Mapping, NamedTuple, Optional, Union
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from symvi_jax import meanfield, orbits
+from symvi_jax.meanfield import MeanFieldState
+from symvi_jax.symmetry import PermutationGroup
+from symvi_jax.types import Array, ArrayTree, PRNGKey
+
+__all__ = ["ObjectiveInfo", "elbo", "symmetrized_elbo", "OBJECTIVES", "KL_ESTIMATORS"]
+
+
+class ObjectiveInfo(NamedTuple):
+    """What an objective evaluation is made of.
+
+    Fields:
+      objective: the value returned (L for ``elbo``, L^K for ``symmetrized_elbo``).
+      expected_loglikelihood: (N/M) E_q sum_B log p(y | x, w), Monte Carlo over S draws.
+      kl: KL(q || prior), closed form.
+      mutual_information: the estimate of I(g; w) added to L (0 for the plain ELBO).
+      log_group_order: log|G| (0 for the plain ELBO), the ceiling of I.
+    """
+
+    objective: Array
+    expected_loglikelihood: Array
+    kl: Array
+    mutual_information: Array
+    log_group_order: Array
+
+
+def _check_positive_int(value, name: str) -> None:
+    if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"{name} must be a positive int, got {value!r}")
+
+
+def _expected_loglikelihood(loglikelihood_fn, samples, batch, data_size) -> Array:
+    per_example = jax.vmap(lambda w: loglikelihood_fn(w, batch))(samples)  # (S, M)
+    if per_example.ndim != 2:
+        raise ValueError(
+            "loglikelihood_fn must return one value per example (shape (M,)), got shape "
+            f"{per_example.shape[1:]}"
+        )
+    return data_size * jnp.mean(per_example)
+
+
+KL_ESTIMATORS = ("closed_form", "monte_carlo")
+
+
+def _kl(q, samples, prior_scale, kl_estimator) -> Array:
+    """KL(q || N(0, s^2 I)): closed form, or (1/S) sum_s [log q(w_s) - log N(w_s; 0, s^2 I)]."""
+    if kl_estimator == "closed_form":
+        return meanfield.kl_to_normal(q, prior_scale)
+    if kl_estimator == "monte_carlo":
+        prior = meanfield.normal(jax.tree.map(jnp.zeros_like, q.loc), prior_scale)
+        return jnp.mean(meanfield.log_prob(q, samples) - meanfield.log_prob(prior, samples))
+    raise ValueError(f"kl_estimator must be one of {KL_ESTIMATORS}, got {kl_estimator!r}")
+
+
+def elbo(
+    rng_key: PRNGKey,
+    q: MeanFieldState,
+    batch,
+    *,
+    loglikelihood_fn: Callable[[ArrayTree, object], Array],
+    data_size: int,
+    prior_scale: Union[float, ArrayTree] = 1.0,
+    num_samples: int = 1,
+    kl_estimator: str = "closed_form",
+) -> tuple[Array, ObjectiveInfo]:
+    """The standard ELBO L (see the module docstring).
+
+    Args:
+      rng_key: randomness for the S weight draws.
+      q: the mean-field state.
+      batch: ``(inputs, targets)`` passed to ``loglikelihood_fn``.
+      loglikelihood_fn: ``(params, batch) -> Array[M]``, e.g. ``likelihoods.categorical(apply_fn)``.
+      data_size: N, the number of training points; the minibatch sum is scaled by N / M.
+      prior_scale: s > 0 of the isotropic Gaussian prior.
+      num_samples: S.
+      kl_estimator: ``"closed_form"`` (default) or ``"monte_carlo"`` on the same S draws; the
+        latter makes ``elbo + I`` equal the Monte Carlo ELBO of q^G sample by sample.
+    """
+    _check_positive_int(data_size, "data_size")
+    _check_positive_int(num_samples, "num_samples")
+    samples = meanfield.sample(rng_key, q, num_samples)
+    expected_ll = _expected_loglikelihood(loglikelihood_fn, samples, batch, data_size)
+    kl = _kl(q, samples, prior_scale, kl_estimator)
+    value = expected_ll - kl
+    zero = jnp.zeros_like(value)
+    return value, ObjectiveInfo(value, expected_ll, kl, zero, zero)
+
+
+def symmetrized_elbo(
+    rng_key: PRNGKey,
+    q: MeanFieldState,
+    batch,
+    *,
+    loglikelihood_fn: Callable[[ArrayTree, object], Array],
+    group: PermutationGroup,
+    data_size: int,
+    prior_scale: Union[float, ArrayTree] = 1.0,
+    num_samples: int = 1,
+    num_permutations: Optional[int] = None,
+    estimator: str = "infonce",
+    chunk_size: Optional[int] = None,
+    kl_estimator: str = "closed_form",
+) -> tuple[Array, ObjectiveInfo]:
+    """L^K = L + I^K, the ELBO of the symmetrized posterior q^G (see the module docstring).
+
+    Args:
+      group: the network's ``PermutationGroup``; the prior must be invariant under it.
+      num_permutations: K (``"infonce"``); None for ``"exact"``.
+      estimator: a name in ``orbits.ESTIMATORS``.
+      chunk_size: ``lax.map`` chunk size over group elements (None: vmap).
+      kl_estimator: as in :func:`elbo`.
+      Other arguments as in :func:`elbo`.
+
+    Raises:
+      ValueError: if the prior is not G-invariant (then KL(q^G || p) != KL(q || p) - I and the
+        bound does not hold), or on a bad K, S or estimator.
+    """
+    _check_positive_int(data_size, "data_size")
+    _check_positive_int(num_samples, "num_samples")
+    if not isinstance(group, PermutationGroup):
+        raise ValueError(f"group must be a PermutationGroup, got {type(group).__name__}")
+    if isinstance(prior_scale, Mapping) and not group.is_invariant(prior_scale):
+        raise ValueError(
+            "prior_scale is not invariant under the permutation group: every unit of a hidden layer "
+            "must share its prior scales, otherwise the symmetrized ELBO is not a bound"
+        )
+    key_sample, key_perm = jax.random.split(rng_key)
+    samples = meanfield.sample(key_sample, q, num_samples)
+    expected_ll = _expected_loglikelihood(loglikelihood_fn, samples, batch, data_size)
+    kl = _kl(q, samples, prior_scale, kl_estimator)
+    terms = orbits.mutual_information_terms(
+        key_perm, q, samples, group, num_permutations=num_permutations, estimator=estimator, chunk_size=chunk_size
+    )
+    mutual_information = jnp.mean(terms)
+    value = expected_ll - kl + mutual_information
+    log_order = jnp.asarray(group.log_order(), dtype=value.dtype)
+    return value, ObjectiveInfo(value, expected_ll, kl, mutual_information, log_order)
+
+
+#: Objectives by name, for configs and the CLI.
+OBJECTIVES: dict[str, Callable] = {"elbo": elbo, "symmetrized_elbo": symmetrized_elbo}

@@ -1,0 +1,24 @@
+"""Shared test helpers: fresh keys and a small network factory (after blackjax tests/fixtures.py)."""
+
+import jax
+import jax.numpy as jnp
+
+from symvi_jax import MLP
+
+
+class KeySource:
+    """Hands out fresh keys from one seed (after blackjax's ``tests/fixtures.py``)."""
+
+    def __init__(self, seed: int = 0):
+        self._key = jax.random.key(seed)
+
+    def __call__(self):
+        self._key, key = jax.random.split(self._key)
+        return key
+
+
+def make_mlp(key, in_features, features, activation=jax.nn.relu, use_bias=True, dtype=jnp.float32):
+    model = MLP(features=tuple(features), activation=activation, use_bias=use_bias)
+    params = model.init(key, jnp.zeros((1, in_features), dtype=dtype))["params"]
+    params = jax.tree.map(lambda p: p.astype(dtype), params)
+    return model, params

@@ -1,0 +1,115 @@
+import math
+
+import distrax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from symvi_jax import meanfield
+from fixtures import make_mlp
+
+
+@pytest.fixture
+def q(next_key):
+    _, params = make_mlp(next_key(), 3, (4, 2))
+    q = meanfield.init(params, init_scale=0.3)
+    # give every weight its own scale so the checks are not degenerate
+    raw = jax.tree.map(lambda r: r + 0.5 * jax.random.normal(next_key(), r.shape), q.raw_scale)
+    return meanfield.MeanFieldState(q.loc, raw)
+
+
+def test_init_shapes_and_scale(next_key):
+    _, params = make_mlp(next_key(), 3, (4, 2))
+    q = meanfield.init(params, init_scale=0.3)
+    assert jax.tree.structure(q.loc) == jax.tree.structure(params)
+    assert jax.tree.all(jax.tree.map(lambda s: bool(jnp.allclose(s, 0.3)), meanfield.scale(q)))
+
+
+@pytest.mark.parametrize("init_scale", [1e-6, 1e-3, 1.0, 10.0])
+def test_positivity_map_round_trips(next_key, init_scale):
+    _, params = make_mlp(next_key(), 2, (3, 1))
+    q = meanfield.init(params, init_scale=init_scale)
+    scales = jax.tree.leaves(meanfield.scale(q))
+    assert all(np.allclose(s, init_scale, rtol=1e-3) for s in scales)
+
+
+def test_scale_never_reaches_zero_or_overflows():
+    q = meanfield.MeanFieldState(loc=jnp.zeros(3), raw_scale=jnp.array([-1e4, 0.0, 1e30], dtype=jnp.float32))
+    s = meanfield.scale(q)
+    assert np.all(np.isfinite(s)) and s[0] >= meanfield.SCALE_FLOOR
+
+
+@pytest.mark.parametrize("bad", [0.0, -1.0, float("nan"), float("inf"), 1e-9])
+def test_init_rejects_bad_scale(next_key, bad):
+    _, params = make_mlp(next_key(), 2, (3, 1))
+    with pytest.raises(ValueError, match="init_scale"):
+        meanfield.init(params, init_scale=bad)
+
+
+def test_sample_is_reparameterised(q, next_key):
+    w = meanfield.sample(next_key(), q, 11)
+    assert jax.tree.all(jax.tree.map(lambda a, b: a.shape == (11, *b.shape), w, q.loc))
+    one = meanfield.sample(next_key(), q)
+    assert jax.tree.structure(one) == jax.tree.structure(q.loc)
+    grads = jax.grad(lambda q: sum(jnp.sum(x) for x in jax.tree.leaves(meanfield.sample(jax.random.key(0), q, 3))))(q)
+    # d/dmu of sum(w) = number of samples
+    assert jax.tree.all(jax.tree.map(lambda g: bool(jnp.allclose(g, 3.0)), grads.loc))
+
+
+def test_sample_moments(q, next_key):
+    n = 20000
+    w = meanfield.sample(next_key(), q, n)
+    for x, m, s in zip(jax.tree.leaves(w), jax.tree.leaves(q.loc), jax.tree.leaves(meanfield.scale(q))):
+        se = s / math.sqrt(n)
+        assert np.all(np.abs(x.mean(0) - m) < 5 * se)
+        assert np.all(np.abs(x.std(0) / s - 1) < 5 * math.sqrt(1 / (2 * n)))
+
+
+def test_log_prob_and_entropy_match_distrax(q, next_key):
+    w = meanfield.sample(next_key(), q, 4)
+    dists = meanfield.to_distrax(q)
+    is_dist = lambda x: isinstance(x, distrax.Distribution)  # noqa: E731
+    expected = sum(
+        d.log_prob(x) for d, x in zip(jax.tree.leaves(dists, is_leaf=is_dist), jax.tree.leaves(w))
+    )
+    np.testing.assert_allclose(meanfield.log_prob(q, w), expected, rtol=1e-5)
+    expected_entropy = sum(d.entropy() for d in jax.tree.leaves(dists, is_leaf=is_dist))
+    np.testing.assert_allclose(meanfield.entropy(q), expected_entropy, rtol=1e-5)
+    # unbatched params give a scalar
+    assert meanfield.log_prob(q, q.loc).shape == ()
+
+
+def test_kl_to_normal_matches_distrax_and_monte_carlo(q, next_key):
+    prior_scale = 0.7
+    dists = jax.tree.leaves(meanfield.to_distrax(q), is_leaf=lambda x: isinstance(x, distrax.Distribution))
+    expected = sum(
+        d.kl_divergence(distrax.Independent(distrax.Normal(jnp.zeros_like(d.mean()), prior_scale), d.event_shape.__len__()))
+        for d in dists
+    )
+    kl = meanfield.kl_to_normal(q, prior_scale)
+    np.testing.assert_allclose(kl, expected, rtol=1e-5)
+    # Monte Carlo: E_q[log q - log p], tolerance from the standard error
+    n = 40000
+    w = meanfield.sample(next_key(), q, n)
+    prior = meanfield.normal(jax.tree.map(jnp.zeros_like, q.loc), prior_scale)
+    diffs = meanfield.log_prob(q, w) - meanfield.log_prob(prior, w)
+    se = float(jnp.std(diffs)) / math.sqrt(n)
+    assert abs(float(jnp.mean(diffs)) - float(kl)) < 5 * se
+
+
+def test_kl_accepts_a_tree_of_prior_scales(q):
+    tree = jax.tree.map(lambda _: 0.7, q.loc)
+    np.testing.assert_allclose(meanfield.kl_to_normal(q, tree), meanfield.kl_to_normal(q, 0.7), rtol=1e-6)
+
+
+@pytest.mark.parametrize("bad", [0.0, -2.0, float("nan")])
+def test_kl_rejects_bad_prior_scale(q, bad):
+    with pytest.raises(ValueError, match="prior_scale"):
+        meanfield.kl_to_normal(q, bad)
+
+
+def test_functions_jit(q, next_key):
+    w = jax.jit(meanfield.sample, static_argnums=2)(next_key(), q, 2)
+    assert np.isfinite(jax.jit(meanfield.log_prob)(q, w)).all()
+    assert np.isfinite(jax.jit(meanfield.kl_to_normal)(q, 1.0))
