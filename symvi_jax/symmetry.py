@@ -152,20 +152,24 @@ class PermutationGroup:
         two per layer decides invariance under the whole group without enumerating it.
         """
         leaves = jax.tree.leaves(tree)
+        if any(isinstance(x, jax.core.Tracer) for x in leaves):
+            raise ValueError("is_invariant needs concrete values; call it outside jit")
         if not leaves:
             return True
-        for layer, d in enumerate(self.widths):
-            if d == 1:
-                continue
-            swap = np.arange(d, dtype=np.int32)
-            swap[[0, 1]] = [1, 0]
-            cycle = np.roll(np.arange(d, dtype=np.int32), 1)
-            for generator in (swap, cycle):
-                g = tuple(jnp.asarray(generator) if i == layer else jnp.arange(w, dtype=jnp.int32)
-                          for i, w in enumerate(self.widths))
-                moved = self.act(g, tree)
-                same = jax.tree.map(lambda a, b: bool(np.allclose(np.asarray(a), np.asarray(b), rtol=0, atol=atol)),
-                                    moved, tree)
-                if not all(jax.tree.leaves(same)):
-                    return False
+        with jax.ensure_compile_time_eval():  # stay eager even when called while tracing
+            for layer, d in enumerate(self.widths):
+                if d == 1:
+                    continue
+                swap = np.arange(d, dtype=np.int32)
+                swap[[0, 1]] = [1, 0]
+                cycle = np.roll(np.arange(d, dtype=np.int32), 1)
+                for generator in (swap, cycle):
+                    g = tuple(jnp.asarray(generator) if i == layer else jnp.arange(w, dtype=jnp.int32)
+                              for i, w in enumerate(self.widths))
+                    moved = self.act(g, tree)
+                    same = jax.tree.map(
+                        lambda a, b: bool(np.allclose(np.asarray(a), np.asarray(b), rtol=0, atol=atol)), moved, tree
+                    )
+                    if not all(jax.tree.leaves(same)):
+                        return False
         return True

@@ -183,6 +183,8 @@ def _check_config(objective, data_size, num_samples, num_permutations, estimator
     meanfield._check_positive(prior_scale, "prior_scale")
     meanfield._check_positive(init_scale, "init_scale")
     if objective == "symmetrized_elbo":
+        if not isinstance(group, PermutationGroup):
+            raise ValueError(f"group must be a PermutationGroup, got {type(group).__name__}")
         orbits._check_estimator(estimator, num_permutations)
 
 
@@ -210,7 +212,7 @@ def step(
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     new_state = VIState(params=params, opt_state=opt_state)
-    return new_state, VIInfo(*info, grad_norm=optax.global_norm(grads))
+    return new_state, VIInfo(*info, grad_norm=optax.tree.norm(grads))
 
 
 def sample(rng_key: PRNGKey, state: VIState, num_samples: int) -> ArrayTree:
