@@ -154,6 +154,8 @@ def mutual_information_terms(
     The objectives call this with the same samples they use for the likelihood.
     """
     _check_estimator(estimator, num_permutations)
+    if not group.widths:  # no hidden layer: G is trivial and I(g; w) = 0
+        return jnp.zeros(jax.tree.leaves(samples)[0].shape[:1])
     return ESTIMATORS[estimator](
         rng_key, q, samples, group, num_permutations=num_permutations, chunk_size=chunk_size
     )
