@@ -1,0 +1,64 @@
+"""Step time of the standard ELBO vs the symmetrized ELBO (L^K), and the ratio between them.
+
+One jitted ``algorithm.step`` (S = 1, Adam) on MNIST-shaped inputs (784 -> hidden -> 10) with
+random data resident on the device, for K in {2, 5, 20, 64, 256}, hidden widths 30, 1024, 4096
+and 1024x1024, batch 100 and 1024. Each symmetrized step is timed interleaved with the standard
+step of the same network and batch; the table reports medians and their ratio.
+
+    python benchmarks/step_time.py [--quick] [--json benchmarks/results/step_time.json]
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from _harness import interleaved_medians, markdown_table, parser, write_json
+from symvi_jax import MLP, PermutationGroup, likelihoods, vi
+
+NETS = {"30": (30,), "1024": (1024,), "4096": (4096,), "1024x1024": (1024, 1024)}
+KS = (2, 5, 20, 64, 256)
+BATCHES = (100, 1024)
+
+
+def make_step(hidden, batch_size, objective, k, estimator="infonce"):
+    model = MLP(features=(*hidden, 10))
+    params = model.init(jax.random.key(0), jnp.zeros((1, 784)))["params"]
+    loglik = likelihoods.categorical(lambda p, x: model.apply({"params": p}, x))
+    kwargs = {}
+    if objective == "symmetrized_elbo":
+        kwargs = dict(group=PermutationGroup.from_params(params), num_permutations=k, estimator=estimator)
+    algorithm = vi.build(loglik, optax.adam(1e-3), data_size=60_000, objective=objective, num_samples=1, **kwargs)
+    state = algorithm.init(params)
+    batch = (jax.random.uniform(jax.random.key(1), (batch_size, 784)),
+             jax.random.randint(jax.random.key(2), (batch_size,), 0, 10))
+    step = jax.jit(algorithm.step)
+    key = jax.random.key(3)
+    return lambda: step(key, state, batch)[1].objective
+
+
+def main():
+    args = parser(__doc__.splitlines()[0], "benchmarks/results/step_time.json").parse_args()
+    nets = {"30": NETS["30"], "1024": NETS["1024"]} if args.quick else NETS
+    ks = (5, 20) if args.quick else KS
+    batches = (100,) if args.quick else BATCHES
+    rows, records = [], []
+    for net_name, hidden in nets.items():
+        for batch_size in batches:
+            standard = make_step(hidden, batch_size, "elbo", None)
+            for k in ks:
+                symmetrized = make_step(hidden, batch_size, "symmetrized_elbo", k)
+                times = interleaved_medians({"standard": standard, "symmetrized": symmetrized}, repeats=args.repeats)
+                ratio = times["symmetrized"] / times["standard"]
+                records.append(dict(width=net_name, batch=batch_size, K=k, standard_s=times["standard"],
+                                    symmetrized_s=times["symmetrized"], ratio=ratio))
+                rows.append([net_name, batch_size, k, f"{times['standard'] * 1e3:.3f}",
+                             f"{times['symmetrized'] * 1e3:.3f}", f"{ratio:.2f}"])
+                print(rows[-1], flush=True)
+    print(markdown_table(["hidden", "batch", "K", "standard ms", "symmetrized ms", "ratio"], rows))
+    write_json(args.json, {"benchmark": "step_time", "rows": records})
+
+
+if __name__ == "__main__":
+    main()
