@@ -60,6 +60,8 @@ class Config:
     num_eval_samples: int = 100
 
     def validate(self):
+        if not 0 <= self.seed < 2**32:
+            raise ValueError(f"config key 'seed' must be in [0, 2**32), got {self.seed}")
         for key in ("num_train", "num_test", "num_features", "num_samples", "num_epochs", "batch_size",
                     "num_eval_samples"):
             if getattr(self, key) < 1:
