@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import difflib
 import importlib
 import inspect
 import sys
@@ -46,7 +47,7 @@ def _add_experiment_parser(subparsers, name: str, module_path: str):
                             help=f"{getattr(hints[field.name], '__name__', hints[field.name])} (default: {default})")
     if "resume" in inspect.signature(module.run).parameters:  # experiments that checkpoint into --out
         parser.add_argument("--resume", action="store_true", help="continue from the checkpoints in OUT/checkpoints")
-    parser.set_defaults(_module=module)
+    parser.set_defaults(_module=module, _parser=parser)
     return parser
 
 
@@ -82,7 +83,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:  # report it on the subcommand's parser, whose usage lists every flag
+        flags = sorted(o for action in args._parser._actions for o in action.option_strings if o.startswith("--"))
+        close = difflib.get_close_matches(unknown[0], flags, n=1)
+        hint = f" (did you mean {close[0]}?)" if close else ""
+        args._parser.error(f"unrecognized arguments: {' '.join(unknown)}{hint}")
     try:
         return _run_experiment(args)
     except ValueError as err:

@@ -355,6 +355,7 @@ def fit(
             raise ValueError(f"resume must be True or False, got {resume!r}")
         if checkpoint_metadata is not None and not isinstance(checkpoint_metadata, Mapping):
             raise ValueError(f"checkpoint_metadata must be a dict, got {type(checkpoint_metadata).__name__}")
+        checkpoint_metadata = _jsonable(checkpoint_metadata, "checkpoint_metadata")
     data = jax.tree.map(jnp.asarray, data)
     # Abstract evaluation on the whole data set: shape checks, and label-range checks on the
     # concrete (closed-over) targets, without computing anything. Its info shapes size the history.
@@ -381,7 +382,7 @@ def fit(
                 "total_steps": total_steps,
                 "data_sha256": _data_digest(data),
             }
-            config = _jsonable(checkpoint_metadata, "checkpoint_metadata")
+            config = checkpoint_metadata
             latest = checkpointer.latest_step()
             if latest is not None:
                 if not resume:
