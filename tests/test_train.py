@@ -63,6 +63,7 @@ def test_sigkill_then_resume_is_bitwise_identical_and_runs_are_deterministic(tmp
     assert not (runs["killed"] / "results.json").exists()
     killed_at = checkpoint.latest_step(runs["killed"] / "checkpoints")
     assert killed_at is not None and 0 < killed_at < TOTAL_STEPS
+    assert killed_at % 8 != 0  # the run resumes mid-epoch (8 steps per epoch)
 
     for name in ("a", "b"):
         _, err = first[name].communicate(timeout=300)
