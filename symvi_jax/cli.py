@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import difflib
 import importlib
+import inspect
 import sys
 import time
 import typing
+from pathlib import Path
 from typing import Optional, Sequence
 
 from symvi_jax.experiments import base
@@ -22,6 +25,7 @@ __all__ = ["main", "COMMANDS"]
 #: Experiment subcommands: name -> module with ``Config``, ``run`` and a one-line ``__doc__``.
 COMMANDS = {
     "demo": "symvi_jax.experiments.demo",
+    "train": "symvi_jax.experiments.train",
 }
 
 
@@ -41,7 +45,9 @@ def _add_experiment_parser(subparsers, name: str, module_path: str):
         default = field.default if field.default is not dataclasses.MISSING else None
         parser.add_argument(_flag(field.name), dest=f"config__{field.name}", default=None, metavar="VALUE",
                             help=f"{getattr(hints[field.name], '__name__', hints[field.name])} (default: {default})")
-    parser.set_defaults(_module=module)
+    if "resume" in inspect.signature(module.run).parameters:  # experiments that checkpoint into --out
+        parser.add_argument("--resume", action="store_true", help="continue from the checkpoints in OUT/checkpoints")
+    parser.set_defaults(_module=module, _parser=parser)
     return parser
 
 
@@ -56,7 +62,10 @@ def _run_experiment(args) -> int:
     config = base.load_config(module.Config, args.config, overrides)
     base.check_output_dir(args.out)
     start = time.perf_counter()
-    result = module.run(config)
+    kwargs = {}
+    if "resume" in inspect.signature(module.run).parameters:
+        kwargs = dict(checkpoint_dir=str(Path(args.out) / "checkpoints"), resume=args.resume)
+    result = module.run(config, **kwargs)
     written = base.write_results(args.out, config, result)
     print(result.markdown)
     print(f"\nwrote {', '.join(str(p) for p in written)} in {time.perf_counter() - start:.1f} s")
@@ -74,7 +83,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:  # report it on the subcommand's parser, whose usage lists every flag
+        flags = sorted(o for action in args._parser._actions for o in action.option_strings if o.startswith("--"))
+        close = difflib.get_close_matches(unknown[0], flags, n=1)
+        hint = f" (did you mean {close[0]}?)" if close else ""
+        args._parser.error(f"unrecognized arguments: {' '.join(unknown)}{hint}")
     try:
         return _run_experiment(args)
     except ValueError as err:

@@ -61,7 +61,10 @@ def _check_positive(value, name: str) -> None:
     for leaf in jax.tree.leaves(value):
         if isinstance(leaf, jax.core.Tracer):
             continue
-        arr = np.asarray(leaf)
+        try:
+            arr = np.asarray(leaf, dtype=np.float64)
+        except (TypeError, ValueError):
+            raise ValueError(f"{name} must be a positive number (or a tree of them), got {value!r}") from None
         if not np.all(np.isfinite(arr)) or np.any(arr <= 0):
             raise ValueError(f"{name} must be finite and > 0, got {value!r}")
 

@@ -18,12 +18,13 @@ from typing import Any, Callable, Mapping, Sequence, Union
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from symvi_jax.types import Array, ArrayTree
 
 __all__ = ["MLP", "dense_chain", "partition", "combine"]
 
-_LAYER_NAME = re.compile(r"^Dense_(\d+)$")
+_LAYER_NAME = re.compile(r"^Dense_(0|[1-9][0-9]*)$")  # no leading zeros: "Dense_01" is not layer 1
 
 
 class MLP(nn.Module):
@@ -41,9 +42,14 @@ class MLP(nn.Module):
 
     @nn.compact
     def __call__(self, x: Array) -> Array:
-        features = tuple(self.features)
-        if not features or any(int(f) < 1 for f in features):
-            raise ValueError(f"features must be a non-empty sequence of positive widths, got {features}")
+        features = self.features
+        if (
+            not isinstance(features, Sequence) or isinstance(features, str) or not features
+            or not all(isinstance(f, (int, np.integer)) and not isinstance(f, (bool, np.bool_)) for f in features)
+            or any(f < 1 for f in features)
+        ):
+            raise ValueError(f"features must be a non-empty sequence of positive int widths, got {features!r}")
+        features = tuple(int(f) for f in features)
         use_bias = _per_layer(self.use_bias, len(features), "use_bias")
         for i, (width, bias) in enumerate(zip(features, use_bias)):
             x = nn.Dense(int(width), use_bias=bias, name=f"Dense_{i}")(x)
@@ -53,8 +59,10 @@ class MLP(nn.Module):
 
 
 def _per_layer(value, num_layers: int, name: str) -> tuple:
-    if isinstance(value, (bool, int)):
+    if isinstance(value, (bool, np.bool_)):
         return (bool(value),) * num_layers
+    if not isinstance(value, Sequence) or isinstance(value, str) or not all(isinstance(v, (bool, np.bool_)) for v in value):
+        raise ValueError(f"{name} must be a bool or a sequence of bools (one per layer), got {value!r}")
     value = tuple(bool(v) for v in value)
     if len(value) != num_layers:
         raise ValueError(f"{name} must be a bool or have one entry per layer ({num_layers}), got {len(value)}")
@@ -101,6 +109,9 @@ def dense_chain(params: Mapping[str, Any]) -> tuple[list[str], list[int]]:
         layer = params[name]
         if not isinstance(layer, Mapping) or not set(layer) <= {"kernel", "bias"}:
             raise ValueError(f"layer {name} must be a dict with 'kernel' and optionally 'bias', got {layer!r:.80}")
+        for leaf_name, leaf in layer.items():
+            if not hasattr(leaf, "shape") or not hasattr(leaf, "dtype"):
+                raise ValueError(f"layer {name}: {leaf_name} must be an array, got {type(leaf).__name__}")
         if "kernel" in layer:
             kernel_shape = jnp.shape(layer["kernel"])
             if len(kernel_shape) != 2:
@@ -115,6 +126,8 @@ def dense_chain(params: Mapping[str, Any]) -> tuple[list[str], list[int]]:
     for i, name in enumerate(names):
         if widths[i + 1] is None:
             raise ValueError(f"layer {name} has no kernel or bias left to fix its width")
+        if widths[i + 1] < 1 or (i == 0 and widths[0] is not None and widths[0] < 1):
+            raise ValueError(f"layer {name} has a zero width; every layer width must be positive, got {widths}")
     return names, widths
 
 
@@ -132,6 +145,8 @@ def partition(params: ArrayTree, frozen: Sequence[str]) -> tuple[dict, dict]:
 
     A path naming a whole layer (``"Dense_1"``) freezes all its leaves.
     """
+    if isinstance(frozen, str) or not isinstance(frozen, Sequence):
+        raise ValueError(f"frozen must be a list of leaf paths such as ['Dense_1/kernel'], got {frozen!r}")
     params = _unwrap(params)
     flat = _flatten(params)
     unknown = [p for p in frozen if not any(k == p or k.startswith(p + "/") for k in flat)]

@@ -82,13 +82,23 @@ def predictive_probs(
     )
 
 
+def _check_probs_labels(probs, labels) -> None:
+    if jnp.ndim(probs) < 1 or jnp.shape(labels) != jnp.shape(probs)[:-1]:
+        raise ValueError(
+            f"labels must have shape probs.shape[:-1]: probs {jnp.shape(probs)} (examples, classes) need labels "
+            f"{jnp.shape(probs)[:-1]}, got {jnp.shape(labels)}"
+        )
+
+
 def accuracy(probs: Array, labels: Array) -> Array:
     """Fraction of examples whose most probable class is the label."""
+    _check_probs_labels(probs, labels)
     return jnp.mean(jnp.argmax(probs, axis=-1) == labels)
 
 
 def nll(probs: Array, labels: Array, *, eps: float = 1e-12) -> Array:
     """Mean negative log predictive probability of the labels (probabilities clipped at eps)."""
+    _check_probs_labels(probs, labels)
     picked = jnp.take_along_axis(probs, labels[:, None].astype(jnp.int32), axis=-1)[:, 0]
     return -jnp.mean(jnp.log(jnp.maximum(picked, eps)))
 
@@ -98,6 +108,9 @@ def ece(probs: Array, labels: Array, *, num_bins: int = 15) -> Array:
 
     ECE = sum_b (|B_b| / n) |accuracy(B_b) - confidence(B_b)|.
     """
+    if not isinstance(num_bins, (int, np.integer)) or isinstance(num_bins, bool) or num_bins < 1:
+        raise ValueError(f"num_bins must be a positive int, got {num_bins!r}")
+    _check_probs_labels(probs, labels)
     confidence = jnp.max(probs, axis=-1)
     correct = (jnp.argmax(probs, axis=-1) == labels).astype(probs.dtype)
     bins = jnp.clip(jnp.ceil(confidence * num_bins).astype(jnp.int32) - 1, 0, num_bins - 1)
@@ -126,8 +139,12 @@ def auroc(scores_negative: Array, scores_positive: Array) -> float:
 
     Computed as the Mann-Whitney U statistic with ties counted as 1/2.
     """
-    neg = np.asarray(scores_negative, dtype=np.float64)
-    pos = np.asarray(scores_positive, dtype=np.float64)
+    neg = np.asarray(scores_negative, dtype=np.float64).reshape(-1)
+    pos = np.asarray(scores_positive, dtype=np.float64).reshape(-1)
+    if neg.size == 0 or pos.size == 0:
+        raise ValueError(f"auroc needs at least one negative and one positive score, got {neg.size} and {pos.size}")
+    if not (np.all(np.isfinite(neg)) and np.all(np.isfinite(pos))):
+        raise ValueError("auroc scores must be finite")
     allscores = np.concatenate([neg, pos])
     order = np.argsort(allscores, kind="mergesort")
     ranks = np.empty(len(allscores))

@@ -44,13 +44,25 @@ class PermutationGroup:
     layer_names: tuple[str, ...]
 
     def __post_init__(self):
-        if len(self.layer_names) != len(self.widths) + 1:
+        widths, names = self.widths, self.layer_names
+        if not isinstance(widths, (tuple, list)) or not all(
+            isinstance(d, (int, np.integer)) and not isinstance(d, (bool, np.bool_)) for d in widths
+        ):
+            raise ValueError(f"widths must be a tuple of positive ints, got {widths!r}")
+        if any(d < 1 for d in widths):
+            raise ValueError(f"widths must be positive, got {tuple(widths)}")
+        if not isinstance(names, (tuple, list)) or not all(isinstance(n, str) for n in names):
+            raise ValueError(f"layer_names must be a tuple of strings, got {names!r}")
+        if len(set(names)) != len(names):
+            raise ValueError(f"layer_names must be distinct, got {tuple(names)}")
+        if len(names) != len(widths) + 1:
             raise ValueError(
-                f"layer_names must have one more entry than widths, got {len(self.layer_names)} names "
-                f"for {len(self.widths)} hidden widths"
+                f"layer_names must have one more entry than widths, got {len(names)} names "
+                f"for {len(widths)} hidden widths"
             )
-        if any(int(d) < 1 for d in self.widths):
-            raise ValueError(f"widths must be positive, got {self.widths}")
+        # tuples of plain ints keep the group hashable (it is a static argument under jit)
+        object.__setattr__(self, "widths", tuple(int(d) for d in widths))
+        object.__setattr__(self, "layer_names", tuple(names))
 
     @classmethod
     def from_params(cls, params: ArrayTree) -> "PermutationGroup":
@@ -77,7 +89,7 @@ class PermutationGroup:
 
     def sample(self, rng_key: PRNGKey, num: Optional[int] = None) -> Permutation:
         """A uniform element, or ``num`` i.i.d. uniform elements stacked on a leading axis."""
-        if num is not None and (not isinstance(num, (int, np.integer)) or num < 1):
+        if num is not None and (not isinstance(num, (int, np.integer)) or isinstance(num, bool) or num < 1):
             raise ValueError(f"num must be None or a positive int, got {num!r}")
         keys = jax.random.split(rng_key, max(len(self.widths), 1))
         if num is None:
@@ -123,6 +135,16 @@ class PermutationGroup:
         """
         if len(g) != len(self.widths):
             raise ValueError(f"g must have one index array per hidden layer ({len(self.widths)}), got {len(g)}")
+        for layer, (index, width) in enumerate(zip(g, self.widths)):
+            if jnp.shape(index) != (width,):
+                raise ValueError(
+                    f"g[{layer}] must be one index array of shape ({width},) (vmap act for batches of "
+                    f"elements), got shape {jnp.shape(index)}"
+                )
+            if not isinstance(index, jax.core.Tracer):
+                values = np.asarray(index)
+                if not np.issubdtype(values.dtype, np.integer) or not np.array_equal(np.sort(values), np.arange(width)):
+                    raise ValueError(f"g[{layer}] must be a permutation of 0..{width - 1}, got {values.tolist()}")
         wrapped = isinstance(params, Mapping) and set(params.keys()) == {"params"}
         inner = params["params"] if wrapped else params
         out = dict(inner)

@@ -28,7 +28,10 @@ Example:
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable, NamedTuple, Optional, Protocol, Union
+import hashlib
+import json
+import os
+from typing import Any, Callable, Mapping, NamedTuple, Optional, Protocol, Union
 
 import jax
 import jax.numpy as jnp
@@ -61,7 +64,12 @@ class VIState(NamedTuple):
 
 
 class VIInfo(NamedTuple):
-    """Per-step diagnostics (see ``objectives.ObjectiveInfo``) plus the gradient's global norm."""
+    """Per-step diagnostics (see ``objectives.ObjectiveInfo``) plus the gradient's global norm.
+
+    ``skipped`` is True for a step whose objective, gradient or updated parameters were not finite
+    and whose update was therefore not applied (only with ``build(..., skip_nonfinite=True)``;
+    always False otherwise). ``history.skipped.sum()`` counts them.
+    """
 
     objective: Array
     expected_loglikelihood: Array
@@ -69,6 +77,7 @@ class VIInfo(NamedTuple):
     mutual_information: Array
     log_group_order: Array
     grad_norm: Array
+    skipped: Array = False
 
 
 class InitFn(Protocol):
@@ -112,6 +121,7 @@ def build(
     prior_scale: Union[float, ArrayTree] = 1.0,
     init_scale: float = 1e-2,
     chunk_size: Optional[int] = None,
+    skip_nonfinite: bool = False,
 ) -> VIAlgorithm:
     """Bind a likelihood, an optimiser and the objective's configuration once.
 
@@ -131,7 +141,13 @@ def build(
         deterministic network, as is usual for Bayes-by-backprop-style BNNs; the paper leaves it
         unstated.
       chunk_size: ``lax.map`` chunk size over group elements; None vmaps them all.
+      skip_nonfinite: if True, a step whose objective, gradient norm or updated parameters are
+        not finite returns the state unchanged and sets ``info.skipped`` (like numpyro's
+        ``SVI.stable_update``); :func:`fit` then counts such steps instead of raising. If False
+        (the default) the update is applied as it is and :func:`fit` raises ``NonFiniteError``.
     """
+    if not callable(loglikelihood_fn):
+        raise ValueError(f"loglikelihood_fn must be callable (params, batch) -> Array[M], got {type(loglikelihood_fn).__name__}")
     if not hasattr(optimizer, "init") or not hasattr(optimizer, "update"):
         raise ValueError(f"optimizer must be an optax GradientTransformation, got {type(optimizer).__name__}")
     if callable(objective):
@@ -163,13 +179,17 @@ def build(
     else:
         raise ValueError(f"objective must be 'elbo', 'symmetrized_elbo' or a callable, got {objective!r}")
     # Validate the configuration eagerly, before anything is traced.
-    _check_config(objective, data_size, num_samples, num_permutations, estimator, prior_scale, init_scale, group)
+    _check_config(objective, data_size, num_samples, num_permutations, estimator, prior_scale, init_scale, group,
+                  chunk_size)
+    if not isinstance(skip_nonfinite, bool):
+        raise ValueError(f"skip_nonfinite must be True or False, got {skip_nonfinite!r}")
 
     def init_fn(params: ArrayTree) -> VIState:
         return init(params, optimizer, init_scale=init_scale)
 
     def step_fn(rng_key: PRNGKey, state: VIState, batch: Any) -> tuple[VIState, VIInfo]:
-        return step(rng_key, state, batch, objective_fn=objective_fn, optimizer=optimizer)
+        return step(rng_key, state, batch, objective_fn=objective_fn, optimizer=optimizer,
+                    skip_nonfinite=skip_nonfinite)
 
     def sample_fn(rng_key: PRNGKey, state: VIState, num_samples: int) -> ArrayTree:
         return sample(rng_key, state, num_samples)
@@ -177,15 +197,28 @@ def build(
     return VIAlgorithm(init_fn, step_fn, sample_fn)
 
 
-def _check_config(objective, data_size, num_samples, num_permutations, estimator, prior_scale, init_scale, group):
+def _check_config(objective, data_size, num_samples, num_permutations, estimator, prior_scale, init_scale, group,
+                  chunk_size):
     objectives._check_positive_int(data_size, "data_size")
     objectives._check_positive_int(num_samples, "num_samples")
     meanfield._check_positive(prior_scale, "prior_scale")
     meanfield._check_positive(init_scale, "init_scale")
+    if chunk_size is not None:
+        objectives._check_positive_int(chunk_size, "chunk_size")
     if objective == "symmetrized_elbo":
         if not isinstance(group, PermutationGroup):
             raise ValueError(f"group must be a PermutationGroup, got {type(group).__name__}")
         orbits._check_estimator(estimator, num_permutations)
+        if estimator == "exact" and num_permutations is not None and num_permutations != group.order():
+            raise ValueError(
+                f"estimator='exact' enumerates all |G| = {group.order()} elements; num_permutations must be "
+                f"None (or {group.order()}), got {num_permutations}"
+            )
+        if isinstance(prior_scale, Mapping) and not group.is_invariant(prior_scale):
+            raise ValueError(
+                "prior_scale is not invariant under the permutation group: every unit of a hidden layer must "
+                "share its prior scales, otherwise the symmetrized ELBO is not a bound"
+            )
 
 
 def init(params: ArrayTree, optimizer: optax.GradientTransformation, *, init_scale: float) -> VIState:
@@ -201,8 +234,13 @@ def step(
     *,
     objective_fn: ObjectiveFn,
     optimizer: optax.GradientTransformation,
+    skip_nonfinite: bool = False,
 ) -> tuple[VIState, VIInfo]:
-    """One optax update along the reparameterisation gradient of ``objective_fn``."""
+    """One optax update along the reparameterisation gradient of ``objective_fn``.
+
+    With ``skip_nonfinite`` the update is dropped (the old state is returned, ``info.skipped`` is
+    True) when the objective, the gradient norm or any updated parameter is not finite.
+    """
 
     def loss_fn(q):
         value, info = objective_fn(rng_key, q, batch)
@@ -212,7 +250,20 @@ def step(
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     new_state = VIState(params=params, opt_state=opt_state)
-    return new_state, VIInfo(*info, grad_norm=optax.tree.norm(grads))
+    grad_norm = optax.tree.norm(grads)
+    if skip_nonfinite:
+        finite = jnp.isfinite(info.objective) & jnp.isfinite(grad_norm) & _all_finite(params)
+        new_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), new_state, state)
+        skipped = ~finite
+    else:
+        skipped = jnp.zeros((), dtype=bool)
+    return new_state, VIInfo(*info, grad_norm=grad_norm, skipped=skipped)
+
+
+def _all_finite(tree: ArrayTree) -> Array:
+    """True if every inexact leaf of ``tree`` is finite (a scalar bool)."""
+    checks = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree) if jnp.issubdtype(jnp.result_type(x), jnp.inexact)]
+    return jnp.all(jnp.stack(checks)) if checks else jnp.asarray(True)
 
 
 def sample(rng_key: PRNGKey, state: VIState, num_samples: int) -> ArrayTree:
@@ -229,91 +280,272 @@ def fit(
     num_epochs: int,
     batch_size: int,
     progress_bar: bool = True,
+    checkpoint_dir: Optional[Union[str, os.PathLike]] = None,
+    checkpoint_every: Optional[int] = None,
+    resume: bool = False,
+    checkpoint_metadata: Optional[Mapping[str, Any]] = None,
 ) -> tuple[VIState, VIInfo]:
-    """Train for ``num_epochs`` passes over ``data`` in shuffled minibatches.
+    """Train for ``num_epochs`` passes over ``data`` in shuffled minibatches, optionally checkpointed.
 
-    Each epoch is one jit-compiled ``lax.scan`` over its steps with the data resident on the
-    device; the epoch function is compiled once and reused (the last incomplete minibatch of each
-    epoch is dropped, so every step has the same shapes). This helper jits internally.
+    Randomness is a pure function of ``rng_key``: epoch e uses ``key_e = split(rng_key,
+    num_epochs)[e]``, its data order is ``permutation(split(key_e)[0], N)`` (the last incomplete
+    minibatch is dropped, so every step has the same shapes) and step i of the epoch uses
+    ``split(split(key_e)[1], N // batch_size)[i]``. The steps run inside one jit-compiled
+    ``lax.while_loop`` over a range of steps of an epoch, with the data resident on the device;
+    it is compiled once and reused for every epoch and every range. This helper jits internally.
+
+    Checkpoints: with ``checkpoint_dir`` the state, the key, the number of steps done and the
+    history so far are saved (``symvi_jax.checkpoint``, atomic) every ``checkpoint_every`` steps
+    (default: once per epoch, also mid-epoch if it does not divide the epoch) and after the last
+    step. ``resume=True`` continues from the latest checkpoint there: since the data order and
+    the step keys depend only on ``(rng_key, epoch)``, the resumed run executes exactly the steps
+    the uninterrupted run would have, and the final state and history are bitwise identical on
+    the same machine (``tests/test_checkpoint.py``). A finished run is returned without training,
+    so a sweep that re-runs every configuration with ``resume=True`` skips the finished ones.
 
     Args:
       rng_key: randomness for shuffling and for every step.
       algorithm: from :func:`build`.
-      state: from ``algorithm.init``.
-      data: ``(inputs, targets)`` arrays with the same leading size N.
+      state: from ``algorithm.init``. When resuming, only its structure, shapes and dtypes are
+        used (as the template the checkpoint is read into).
+      data: ``(inputs, targets)`` arrays with the same leading size N (numeric, finite).
       num_epochs, batch_size: positive ints, ``batch_size <= N``.
       progress_bar: show a tqdm bar over epochs.
+      checkpoint_dir: folder for the checkpoints of this run (one run per folder).
+      checkpoint_every: save every this many steps (a positive int; needs ``checkpoint_dir``).
+      resume: continue from the latest checkpoint in ``checkpoint_dir`` if there is one. If it
+        holds checkpoints and ``resume`` is False, fit refuses to start rather than mix two runs.
+      checkpoint_metadata: a JSON-serialisable dict saved with every checkpoint (e.g. the
+        experiment's config); resuming with a different one is refused.
 
     Returns:
       The final state and the per-step ``VIInfo`` stacked to shape ``(num_epochs, N // batch_size)``.
 
     Raises:
-      NonFiniteError: naming the first step whose objective or gradient was not finite. The state
-        returned in the exception (``err.state``) is the last finite one.
+      NonFiniteError: naming the first step whose objective, gradient or updated parameters were
+        not finite (unless the algorithm was built with ``skip_nonfinite=True``, which skips and
+        counts such steps in ``info.skipped``). Training stops there; ``err.state`` is the state
+        before that step, ``err.step`` its number (0-based, counted over all epochs).
+      ValueError: on bad arguments or data, or a checkpoint that belongs to another run (a
+        different key, data, batch size, number of epochs or ``checkpoint_metadata``).
     """
     objectives._check_positive_int(num_epochs, "num_epochs")
     objectives._check_positive_int(batch_size, "batch_size")
+    if not isinstance(progress_bar, bool):
+        raise ValueError(f"progress_bar must be True or False, got {progress_bar!r}")
+    if not isinstance(algorithm, VIAlgorithm):
+        raise ValueError(f"algorithm must be a VIAlgorithm from vi.build, got {type(algorithm).__name__}")
+    _check_key(rng_key)
+    size = _check_data(data)
+    if batch_size > size:
+        raise ValueError(f"batch_size ({batch_size}) must not exceed the number of examples ({size})")
+    num_batches = size // batch_size
+    total_steps = num_epochs * num_batches
+    if checkpoint_dir is None:
+        for name, value in (("checkpoint_every", checkpoint_every), ("checkpoint_metadata", checkpoint_metadata)):
+            if value is not None:
+                raise ValueError(f"{name} needs checkpoint_dir")
+        if resume:
+            raise ValueError("resume=True needs checkpoint_dir")
+    else:
+        if checkpoint_every is None:
+            checkpoint_every = num_batches
+        objectives._check_positive_int(checkpoint_every, "checkpoint_every")
+        if not isinstance(resume, bool):
+            raise ValueError(f"resume must be True or False, got {resume!r}")
+        if checkpoint_metadata is not None and not isinstance(checkpoint_metadata, Mapping):
+            raise ValueError(f"checkpoint_metadata must be a dict, got {type(checkpoint_metadata).__name__}")
+        checkpoint_metadata = _jsonable(checkpoint_metadata, "checkpoint_metadata")
+    data = jax.tree.map(jnp.asarray, data)
+    # Abstract evaluation on the whole data set: shape checks, and label-range checks on the
+    # concrete (closed-over) targets, without computing anything. Its info shapes size the history.
+    _, info_shapes = jax.eval_shape(lambda s: algorithm.step(rng_key, s, data), state)
+    history = jax.tree.map(lambda s: np.zeros((num_epochs, num_batches) + s.shape, s.dtype), info_shapes)
+
+    # The per-epoch buffer for the info of each step, filled in by _run_steps.
+    info_buffer = jax.tree.map(lambda s: np.zeros((num_batches,) + s.shape, s.dtype), info_shapes)
+    run_steps = functools.partial(_run_steps, algorithm, num_epochs, batch_size)
+
+    done = 0
+    checkpointer = None
+    fit_record = None
+    try:
+        if checkpoint_dir is not None:
+            from symvi_jax import checkpoint
+
+            checkpointer = checkpoint.Checkpointer(checkpoint_dir)
+            fit_record = {
+                "num_epochs": num_epochs,
+                "batch_size": batch_size,
+                "num_examples": size,
+                "steps_per_epoch": num_batches,
+                "total_steps": total_steps,
+                "data_sha256": _data_digest(data),
+            }
+            config = checkpoint_metadata
+            latest = checkpointer.latest_step()
+            if latest is not None:
+                if not resume:
+                    raise ValueError(
+                        f"checkpoint_dir {checkpoint_dir} already holds checkpoints (latest step {latest}); "
+                        "pass resume=True to continue that run, or use an empty directory"
+                    )
+                state, history, done = _resume(checkpointer, state, history, rng_key, fit_record, config)
+
+        bar = None
+        if progress_bar:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=num_epochs, initial=done // num_batches, desc="fit", unit="epoch")
+        try:
+            while done < total_steps:
+                epoch, start = divmod(done, num_batches)
+                stop = num_batches
+                if checkpointer is not None:
+                    stop = min(stop, start + checkpoint_every - done % checkpoint_every)
+                state, bad_step, infos = run_steps(state, rng_key, data, info_buffer, start, stop, epoch)
+                infos = jax.device_get(infos)
+                for buffer, values in zip(jax.tree.leaves(history), jax.tree.leaves(infos)):
+                    buffer[epoch, start:stop] = values[start:stop]
+                bad_step = int(bad_step)
+                if bad_step >= 0:
+                    error = NonFiniteError(
+                        f"the objective, its gradient or the updated parameters became non-finite at step "
+                        f"{bad_step} (epoch {epoch}); the last finite state is attached as err.state "
+                        "(build(..., skip_nonfinite=True) skips such steps instead)"
+                    )
+                    error.state = state
+                    error.step = bad_step
+                    raise error
+                done = epoch * num_batches + stop
+                if checkpointer is not None and (done % checkpoint_every == 0 or done == total_steps):
+                    checkpointer.save(checkpoint.TrainingCheckpoint(
+                        state, rng_key, done, history, {"fit": fit_record, "config": config}
+                    ))
+                if bar is not None and stop == num_batches:
+                    bar.update(1)
+                    bar.set_postfix(objective=f"{float(np.mean(history.objective[epoch])):.4g}",
+                                    skipped=int(np.sum(history.skipped[: epoch + 1])) if hasattr(history, "skipped") else 0)
+        finally:
+            if bar is not None:
+                bar.close()
+    finally:
+        if checkpointer is not None:
+            checkpointer.close()
+    return state, jax.tree.map(jnp.asarray, history)
+
+
+_all_finite_jit = jax.jit(lambda x: _all_finite(x))
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1, 2))
+def _run_steps(algorithm, num_epochs, batch_size, state, rng_key, data, infos, start, stop, epoch):
+    """Steps ``start .. stop - 1`` of epoch ``epoch`` (see :func:`fit`), stopping at the first non-finite one.
+
+    Compiled once per (algorithm, num_epochs, batch_size, shapes), reused for every epoch and range.
+    """
+    size = jax.tree.leaves(data)[0].shape[0]
+    num_batches = size // batch_size
+    epoch_key = jax.random.split(rng_key, num_epochs)[epoch]
+    key_order, key_steps = jax.random.split(epoch_key)
+    order = jax.random.permutation(key_order, size)[: num_batches * batch_size].reshape(num_batches, batch_size)
+    step_keys = jax.random.split(key_steps, num_batches)
+
+    def cond(carry):
+        index, _, bad_step, _ = carry
+        return (index < stop) & (bad_step < 0)
+
+    def body(carry):
+        index, state, bad_step, infos = carry
+        batch = jax.tree.map(lambda x: jnp.take(x, order[index], axis=0), data)
+        new_state, info = algorithm.step(step_keys[index], state, batch)
+        finite = jnp.isfinite(info.objective) & jnp.isfinite(info.grad_norm) & _all_finite(new_state.params)
+        finite = finite | jnp.asarray(getattr(info, "skipped", False))  # a skipped step kept the old state
+        state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), new_state, state)
+        bad_step = jnp.where(finite, bad_step, epoch * num_batches + index)
+        infos = jax.tree.map(lambda buffer, x: buffer.at[index].set(x), infos, info)
+        return index + 1, state, bad_step, infos
+
+    carry = (jnp.asarray(start), state, jnp.asarray(-1), infos)
+    _, state, bad_step, infos = jax.lax.while_loop(cond, body, carry)
+    return state, bad_step, infos
+
+
+def _check_key(rng_key) -> None:
+    dtype = getattr(rng_key, "dtype", None)
+    if dtype is not None and jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key) and jnp.ndim(rng_key) == 0:
+        return
+    if dtype == jnp.uint32 and jnp.shape(rng_key) == (2,):
+        return
+    raise ValueError(
+        f"rng_key must be a single key from jax.random.key (or a legacy uint32[2] key), got "
+        f"{type(rng_key).__name__} with shape {jnp.shape(rng_key) if dtype is not None else '?'} and dtype {dtype}"
+    )
+
+
+def _check_data(data) -> int:
+    """Validate ``data`` at the boundary; returns the number of examples N."""
     leaves = jax.tree.leaves(data)
     if not leaves:
         raise ValueError("data must hold (inputs, targets) arrays")
-    size = int(np.shape(leaves[0])[0])
-    if any(int(np.shape(x)[0]) != size for x in leaves):
-        raise ValueError(f"data arrays disagree on the number of examples: {[np.shape(x)[0] for x in leaves]}")
-    if size == 0:
+    for x in leaves:
+        dtype = np.result_type(x) if not hasattr(x, "dtype") else x.dtype
+        if jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key) or np.dtype(dtype).kind not in "biuf":
+            raise ValueError(f"data arrays must be numeric (bool, int or float), got dtype {dtype}")
+        if np.ndim(x) < 1:
+            raise ValueError(f"data arrays need a leading example axis, got a scalar of shape {np.shape(x)}")
+    sizes = [int(np.shape(x)[0]) for x in leaves]
+    if any(n != sizes[0] for n in sizes):
+        raise ValueError(f"data arrays disagree on the number of examples: {sizes}")
+    if sizes[0] == 0:
         raise ValueError("data is empty")
-    if batch_size > size:
-        raise ValueError(f"batch_size ({batch_size}) must not exceed the number of examples ({size})")
-    data = jax.tree.map(jnp.asarray, data)
-    # Abstract evaluation on the whole data set: shape checks, and label-range checks on the
-    # concrete (closed-over) targets, without computing anything.
-    jax.eval_shape(lambda s: algorithm.step(rng_key, s, data), state)
+    for x in leaves:
+        if np.dtype(x.dtype if hasattr(x, "dtype") else np.result_type(x)).kind == "f" and not bool(_all_finite_jit(x)):
+            raise ValueError(f"data holds NaN or inf values (an array of shape {np.shape(x)}); clean it first")
+    return sizes[0]
 
-    num_batches = size // batch_size
 
-    @jax.jit
-    def run_epoch(state, key, data, first_step):
-        key_order, key_steps = jax.random.split(key)
-        order = jax.random.permutation(key_order, size)[: num_batches * batch_size].reshape(num_batches, batch_size)
+def _data_digest(data) -> str:
+    """sha256 over the shapes, dtypes and bytes of every data array (to refuse resuming on other data)."""
+    digest = hashlib.sha256()
+    for x in jax.tree.leaves(data):
+        x = np.ascontiguousarray(jax.device_get(x))
+        digest.update(f"{x.shape}{x.dtype}".encode())
+        digest.update(x.tobytes())
+    return digest.hexdigest()
 
-        def body(carry, xs):
-            state, bad_step = carry
-            index, key_step, step_number = xs
-            batch = jax.tree.map(lambda x: jnp.take(x, index, axis=0), data)
-            new_state, info = algorithm.step(key_step, state, batch)
-            finite = jnp.isfinite(info.objective) & jnp.isfinite(info.grad_norm)
-            state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), new_state, state)
-            bad_step = jnp.where((bad_step < 0) & ~finite, step_number, bad_step)
-            return (state, bad_step), info
 
-        steps = first_step + jnp.arange(num_batches)
-        (state, bad_step), infos = jax.lax.scan(
-            body, (state, jnp.asarray(-1)), (order, jax.random.split(key_steps, num_batches), steps)
+def _jsonable(value, name):
+    if value is None:
+        return None
+    try:
+        return json.loads(json.dumps(value, allow_nan=False))
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{name} must be JSON-serialisable with finite numbers: {err}") from None
+
+
+def _resume(checkpointer, state, history, rng_key, fit_record, config):
+    """Restore the latest checkpoint after checking that it belongs to this run."""
+    saved = checkpointer.read_metadata()["user"]
+    saved_fit = saved.get("fit", {})
+    changed = sorted(k for k in fit_record if saved_fit.get(k) != fit_record[k])
+    if changed:
+        detail = ", ".join(f"{k}: saved {saved_fit.get(k)!r}, now {fit_record[k]!r}" for k in changed)
+        raise ValueError(f"cannot resume from {checkpointer.directory}: the run differs from the checkpointed one ({detail})")
+    if saved.get("config") != config:
+        raise ValueError(
+            f"cannot resume from {checkpointer.directory}: checkpoint_metadata differs from the checkpointed "
+            f"run's (saved {saved.get('config')!r}, now {config!r})"
         )
-        return state, bad_step, infos
+    restored = checkpointer.restore(state, history=history)
+    saved_key, _ = _key_data(restored.rng_key)
+    given_key, _ = _key_data(rng_key)
+    if not np.array_equal(saved_key, given_key):
+        raise ValueError(f"cannot resume from {checkpointer.directory}: rng_key differs from the checkpointed run's key")
+    return restored.state, restored.history, int(restored.step)
 
-    history = []
-    epochs = range(num_epochs)
-    bar = None
-    if progress_bar:
-        from tqdm.auto import tqdm
 
-        bar = tqdm(epochs, desc="fit", unit="epoch")
-        epochs = bar
-    for epoch, key in zip(epochs, jax.random.split(rng_key, num_epochs)):
-        state, bad_step, infos = run_epoch(state, key, data, epoch * num_batches)
-        history.append(infos)
-        bad_step = int(bad_step)
-        if bad_step >= 0:
-            if bar is not None:
-                bar.close()
-            error = NonFiniteError(
-                f"the objective or its gradient became non-finite at step {bad_step} (epoch {epoch}); "
-                "the last finite state is attached as err.state"
-            )
-            error.state = state
-            error.step = bad_step
-            raise error
-        if bar is not None:
-            bar.set_postfix(objective=f"{float(jnp.mean(infos.objective)):.4g}")
-    history = jax.tree.map(lambda *xs: jnp.stack(xs), *history)
-    return state, history
+def _key_data(rng_key):
+    from symvi_jax import checkpoint
+
+    return checkpoint._key_to_data(rng_key)

@@ -52,7 +52,10 @@ def _field_types(config_cls) -> dict:
 
 def parse_value(text: str, kind, key: str):
     """Parse a flag value for a field of type ``kind`` (YAML syntax for tuples: ``[5, 10]``)."""
-    value = yaml.safe_load(text) if isinstance(text, str) else text
+    try:
+        value = yaml.safe_load(text) if isinstance(text, str) else text
+    except yaml.YAMLError as err:
+        raise ValueError(f"config key {key!r}: cannot parse {text!r} ({str(err).splitlines()[0]})") from None
     return _coerce(value, kind, key)
 
 
@@ -111,7 +114,10 @@ def load_config(config_cls, path: Optional[str] = None, overrides: Optional[Mapp
             text = Path(path).read_text()
         except OSError as err:
             raise ValueError(f"--config {path}: cannot read the file ({err.strerror})") from None
-        loaded = yaml.safe_load(text) or {}
+        try:
+            loaded = yaml.safe_load(text) or {}
+        except yaml.YAMLError as err:
+            raise ValueError(f"--config {path}: not valid YAML ({' '.join(str(err).split())})") from None
         if not isinstance(loaded, dict):
             raise ValueError(f"--config {path}: expected a mapping of keys to values, got {type(loaded).__name__}")
         values.update(loaded)
@@ -140,6 +146,8 @@ def check_output_dir(out_dir: str) -> Path:
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {out_dir}: exists and is not a directory")
     parent = out if out.exists() else next((p for p in out.parents if p.exists()), Path("."))
+    if not parent.is_dir():
+        raise ValueError(f"--out {out_dir}: {parent} is a file, not a directory")
     if not os.access(parent, os.W_OK | os.X_OK):
         raise ValueError(f"--out {out_dir}: {parent} is not writable")
     return out
