@@ -22,6 +22,8 @@ __all__ = ["main", "COMMANDS"]
 #: Experiment subcommands: name -> module with ``Config``, ``run`` and a one-line ``__doc__``.
 COMMANDS = {
     "demo": "symvi_jax.experiments.demo",
+    "mixture": "symvi_jax.experiments.mixture",
+    "tractable": "symvi_jax.experiments.tractable",
 }
 
 
