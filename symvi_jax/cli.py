@@ -26,6 +26,8 @@ __all__ = ["main", "COMMANDS"]
 COMMANDS = {
     "demo": "symvi_jax.experiments.demo",
     "train": "symvi_jax.experiments.train",
+    "mixture": "symvi_jax.experiments.mixture",
+    "tractable": "symvi_jax.experiments.tractable",
 }
 
 
