@@ -57,7 +57,8 @@ from symvi_jax import MLP, PermutationGroup, data, likelihoods, meanfield, orbit
 from symvi_jax.experiments.base import Result
 from symvi_jax.objectives import ObjectiveInfo
 
-__all__ = ["Config", "run", "PAPER_TABLE1", "symmetrized_objective", "local_predictive_probs", "unit_statistics"]
+__all__ = ["Config", "run", "summarize", "PAPER_TABLE1", "symmetrized_objective", "local_predictive_probs",
+           "unit_statistics"]
 
 #: Table 1 of the paper: MNIST test accuracy (%), mean and std over 10 seeds, by width.
 PAPER_TABLE1 = {
@@ -95,8 +96,7 @@ class Config:
     predictive: str = "local"
     mi_num_permutations: int = 1000
     mi_num_samples: int = 64
-    collapse_sigma: float = 0.5
-    collapse_loc: float = 0.1
+    collapse_kl: float = 0.05
 
     def validate(self):
         if self.dataset not in data.DATASETS:
@@ -115,7 +115,7 @@ class Config:
                     "eval_chunk_size", "mi_num_permutations", "mi_num_samples"):
             if getattr(self, key) < 1:
                 raise ValueError(f"config key {key!r} must be >= 1, got {getattr(self, key)}")
-        for key in ("learning_rate", "prior_scale", "init_scale", "collapse_sigma", "collapse_loc"):
+        for key in ("learning_rate", "prior_scale", "init_scale", "collapse_kl"):
             value = getattr(self, key)
             if not math.isfinite(value) or value <= 0:
                 raise ValueError(f"config key {key!r} must be > 0, got {value}")
@@ -530,16 +530,11 @@ def run(config: Config) -> Result:
                     "train_seconds": t1 - t0,
                     "eval_seconds": t2 - t1,
                 }
-                collapsed, per_layer = 0, []
                 for loc_stat, scale_stat in metrics["units"]:
-                    loc_r, scale_r = np.asarray(loc_stat[r]), np.asarray(scale_stat[r])
-                    mask = (scale_r > config.collapse_sigma) & (loc_r < config.collapse_loc)
-                    per_layer.append(int(mask.sum()))
-                    collapsed += int(mask.sum())
-                    row.setdefault("unit_mean_sigma", []).append([round(float(v), 4) for v in scale_r])
-                    row.setdefault("unit_mean_abs_loc", []).append([round(float(v), 4) for v in loc_r])
-                row["collapsed_units"] = collapsed
-                row["collapsed_units_per_layer"] = per_layer
+                    row.setdefault("unit_mean_sigma", []).append([round(float(v), 4) for v in scale_stat[r]])
+                    row.setdefault("unit_mean_abs_loc", []).append([round(float(v), 4) for v in loc_stat[r]])
+                row["collapsed_units_per_layer"] = _collapsed_per_layer(row, config.collapse_kl)
+                row["collapsed_units"] = sum(row["collapsed_units_per_layer"])
                 if ood is not None:
                     row["ood_dataset"] = ood[0]
                     row["ood_auroc"] = predict.auroc(metrics["entropy_in"][r], metrics["entropy_out"][r])
@@ -636,9 +631,9 @@ def _markdown(config: Config, rows, timings, load_time, total) -> str:
               f"(compilation included; {jax.device_count()} {jax.devices()[0].platform} device(s)).", "",
               "| width | train (s) | evaluate (s) |", "| --- | --- | --- |"]
     lines += [f"| {w} | {a:.1f} | {b:.1f} |" for w, a, b in timings]
-    lines += ["", f"Collapsed unit: mean sigma of its incoming weights and bias > {config.collapse_sigma} x prior "
-              f"scale and mean \\|mu\\| < {config.collapse_loc} x prior scale. L is the mean minibatch ELBO over the "
-              "last epoch; I^K at the final q from "
+    lines += ["", f"Collapsed unit: KL(N(m, v^2) \\|\\| N(0, s^2)) < {config.collapse_kl} nats, with m and v the mean "
+              "\\|mu\\| and mean sigma of its incoming weights and bias (a unit at the prior scores 0, a trained MNIST "
+              "unit ~1). L is the mean minibatch ELBO over the last epoch; I^K at the final q from "
               f"{config.mi_num_samples} draws."]
     nonfinite = sum(r["nonfinite_steps"] for r in rows)
     if nonfinite:
@@ -693,3 +688,58 @@ def _figures(config: Config, rows):
         plt.close(fig)
 
     return {"accuracy_vs_width.png": accuracy_plot, "saturation.png": saturation_plot}
+
+
+def _collapsed_per_layer(row, collapse_kl: float) -> list:
+    """Units whose incoming-weight summary (mean |mu| = m s, mean sigma = v s) is within
+    ``collapse_kl`` nats per weight of the prior: log(1 / v) + (v^2 + m^2) / 2 - 1/2 < collapse_kl."""
+    counts = []
+    for sig, loc in zip(row["unit_mean_sigma"], row["unit_mean_abs_loc"]):
+        v, m = np.asarray(sig, dtype=np.float64), np.asarray(loc, dtype=np.float64)
+        kl = -np.log(v) + (v ** 2 + m ** 2) / 2 - 0.5
+        counts.append(int(np.sum(kl < collapse_kl)))
+    return counts
+
+
+def summarize(paths, *, collapse_kl: float = 0.05) -> str:
+    """One markdown table of SGM - MFVI over several ``results.json`` files (e.g. the regimes).
+
+    Per (file, width, SGM method): paired differences of test accuracy and NLL with 95%
+    t-intervals, collapsed units (recounted from the stored per-unit statistics with
+    ``collapse_kl``, see ``_collapsed_per_layer``) for both methods, the final-epoch saturation
+    I^K / log K of both, and the largest difference between paired runs' per-unit statistics
+    (0 means SGM trained to the same posterior as MFVI).
+
+    Example: ``python -c "from symvi_jax.experiments import mnist; print(mnist.summarize(['out/x/results.json']))"``
+    """
+    import json
+    from pathlib import Path
+
+    lines = ["| run | width | method | seeds | accuracy MFVI % | SGM - MFVI accuracy (pp) | SGM - MFVI NLL | "
+             "collapsed MFVI / SGM | I^K / log K at the end, MFVI / SGM | max \\|unit stat diff\\| |",
+             "| --- |" + " --- |" * 9]
+    for path in paths:
+        payload = json.loads(Path(path).read_text())
+        rows = payload["rows"]
+        label = Path(path).parent.name
+        for width in sorted({r["width"] for r in rows}):
+            base = sorted(_select(rows, method="mfvi", width=width), key=lambda r: r["seed"])
+            if not base:
+                continue
+            for method in sorted({r["method"] for r in rows} - {"mfvi"}, key=lambda m: int(m[3:])):
+                other = sorted(_select(rows, method=method, width=width), key=lambda r: r["seed"])
+                acc = _paired_ci([100 * r["test_accuracy"] for r in base], [100 * r["test_accuracy"] for r in other])
+                nll = _paired_ci([r["test_nll"] for r in base], [r["test_nll"] for r in other])
+                c_base = np.mean([sum(_collapsed_per_layer(r, collapse_kl)) for r in base])
+                c_other = np.mean([sum(_collapsed_per_layer(r, collapse_kl)) for r in other])
+                sat_base = np.mean([r["saturation"][-1] for r in base])
+                sat_other = np.mean([r["saturation"][-1] for r in other])
+                diff = max(float(np.max(np.abs(np.asarray(a[key][0]) - np.asarray(b[key][0]))))
+                           for a, b in zip(base, other) for key in ("unit_mean_sigma", "unit_mean_abs_loc"))
+                lines.append(
+                    f"| {label} | {width} | {method} | {len(base)} | "
+                    f"{np.mean([100 * r['test_accuracy'] for r in base]):.3f} | "
+                    f"{acc[0]:+.3f} [{acc[1]:+.3f}, {acc[2]:+.3f}] | {nll[0]:+.4f} [{nll[1]:+.4f}, {nll[2]:+.4f}] | "
+                    f"{c_base:.1f} / {c_other:.1f} | {sat_base:.3f} / {sat_other:.3f} | {diff:.4f} |"
+                )
+    return "\n".join(lines)
