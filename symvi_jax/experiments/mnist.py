@@ -87,6 +87,7 @@ class Config:
     num_samples: int = 1
     prior_scale: float = 1.0
     init_scale: float = 1e-3
+    init_loc_scale: Optional[float] = None
     num_seeds: int = 10
     seed: int = 0
     num_train: Optional[int] = None
@@ -130,6 +131,8 @@ class Config:
             value = getattr(self, key)
             if value is not None and value < 1:
                 raise ValueError(f"config key {key!r} must be >= 1 or null (all), got {value}")
+        if self.init_loc_scale is not None and not (math.isfinite(self.init_loc_scale) and self.init_loc_scale >= 0):
+            raise ValueError(f"config key 'init_loc_scale' must be >= 0 or null, got {self.init_loc_scale}")
         if self.num_train is not None and self.num_train < self.batch_size:
             raise ValueError(f"config key 'num_train' ({self.num_train}) must be >= batch_size ({self.batch_size})")
 
@@ -378,7 +381,13 @@ def _train_width(config: Config, width: int, train, methods, keys):
                              num_samples=config.num_samples, prior_scale=config.prior_scale,
                              init_scale=config.init_scale)
         key_init, key_epochs = jax.random.split(key)
-        state = algorithm.init(model.init(key_init, jnp.zeros((1, x_all.shape[1])))["params"])
+        params = model.init(key_init, jnp.zeros((1, x_all.shape[1])))["params"]
+        if config.init_loc_scale is not None:  # all means ~ N(0, c^2) instead of flax's lecun-normal init
+            leaves, treedef = jax.tree.flatten(params)
+            leaf_keys = jax.random.split(jax.random.fold_in(key_init, 1), len(leaves))
+            params = jax.tree.unflatten(treedef, [config.init_loc_scale * jax.random.normal(k, x.shape, x.dtype)
+                                                  for k, x in zip(leaf_keys, leaves)])
+        state = algorithm.init(params)
 
         def epoch(state, key_epoch):
             key_order, key_steps = jax.random.split(key_epoch)
@@ -716,8 +725,9 @@ def summarize(paths, *, collapse_kl: float = 0.05) -> str:
     from pathlib import Path
 
     lines = ["| run | width | method | seeds | accuracy MFVI % | SGM - MFVI accuracy (pp) | SGM - MFVI NLL | "
-             "collapsed MFVI / SGM | I^K / log K at the end, MFVI / SGM | max \\|unit stat diff\\| |",
-             "| --- |" + " --- |" * 9]
+             "SGM - MFVI L / N | collapsed MFVI / SGM | I^K / log K, epoch 1 -> last, MFVI / SGM | "
+             "max \\|unit stat diff\\| |",
+             "| --- |" + " --- |" * 10]
     for path in paths:
         payload = json.loads(Path(path).read_text())
         rows = payload["rows"]
@@ -730,16 +740,19 @@ def summarize(paths, *, collapse_kl: float = 0.05) -> str:
                 other = sorted(_select(rows, method=method, width=width), key=lambda r: r["seed"])
                 acc = _paired_ci([100 * r["test_accuracy"] for r in base], [100 * r["test_accuracy"] for r in other])
                 nll = _paired_ci([r["test_nll"] for r in base], [r["test_nll"] for r in other])
+                elbo = _paired_ci([r["elbo"] / r["num_train"] for r in base], [r["elbo"] / r["num_train"] for r in other])
                 c_base = np.mean([sum(_collapsed_per_layer(r, collapse_kl)) for r in base])
                 c_other = np.mean([sum(_collapsed_per_layer(r, collapse_kl)) for r in other])
-                sat_base = np.mean([r["saturation"][-1] for r in base])
-                sat_other = np.mean([r["saturation"][-1] for r in other])
+                sat_base = np.mean([r["saturation"] for r in base], axis=0)[[0, -1]]
+                sat_other = np.mean([r["saturation"] for r in other], axis=0)[[0, -1]]
                 diff = max(float(np.max(np.abs(np.asarray(a[key][0]) - np.asarray(b[key][0]))))
                            for a, b in zip(base, other) for key in ("unit_mean_sigma", "unit_mean_abs_loc"))
                 lines.append(
                     f"| {label} | {width} | {method} | {len(base)} | "
                     f"{np.mean([100 * r['test_accuracy'] for r in base]):.3f} | "
                     f"{acc[0]:+.3f} [{acc[1]:+.3f}, {acc[2]:+.3f}] | {nll[0]:+.4f} [{nll[1]:+.4f}, {nll[2]:+.4f}] | "
-                    f"{c_base:.1f} / {c_other:.1f} | {sat_base:.3f} / {sat_other:.3f} | {diff:.4f} |"
+                    f"{elbo[0]:+.4f} [{elbo[1]:+.4f}, {elbo[2]:+.4f}] | "
+                    f"{c_base:.1f} / {c_other:.1f} | {sat_base[0]:.3f} -> {sat_base[1]:.3f} / "
+                    f"{sat_other[0]:.3f} -> {sat_other[1]:.3f} | {diff:.4f} |"
                 )
     return "\n".join(lines)
