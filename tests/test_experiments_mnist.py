@@ -28,8 +28,8 @@ def test_log_ratios_match_orbit_log_probs(next_key, features):
     group = PermutationGroup.from_params(params)
     w = meanfield.sample(next_key(), q)
     elements = group.sample(next_key(), 6)
-    expected = orbits.orbit_log_probs(q, w, elements, group) - meanfield.log_prob(q, w)
-    got = jax.jit(lambda q, w, h: mnist._log_ratios(q, meanfield.scale(q), w, h, group))(q, w, group.inverse(elements))
+    expected = jax.jit(lambda q, w, g: orbits.orbit_log_probs(q, w, g, group) - meanfield.log_prob(q, w))(q, w, elements)
+    got = jax.jit(lambda q, w, g: mnist._log_ratios(q, meanfield.scale(q), w, group.inverse(g), group))(q, w, elements)
     np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-3)
 
 
