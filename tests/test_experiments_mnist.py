@@ -21,7 +21,7 @@ def _broad_q(key, params, scale=0.3):
     return meanfield.MeanFieldState(q.loc, jax.tree.map(jnp.add, q.raw_scale, noise))
 
 
-@pytest.mark.parametrize("features", [(4, 3), (3, 4, 2), (3, 2, 3, 2)], ids=["one_hidden", "two_hidden", "three_hidden"])
+@pytest.mark.parametrize("features", [(4, 3), (3, 2, 3, 2)], ids=["one_hidden", "three_hidden"])
 def test_log_ratios_match_orbit_log_probs(next_key, features):
     _, params = make_mlp(next_key(), 5, features)
     q = _broad_q(next_key(), params)
@@ -84,8 +84,9 @@ def test_smaller_k_uses_a_prefix_and_is_capped_at_log_k(next_key):
         np.testing.assert_allclose(terms, np.log(k), rtol=1e-5)
 
 
-@pytest.mark.parametrize("features", [(6, 3), (4, 4, 3)], ids=["one_hidden", "two_hidden"])
-def test_local_predictive_matches_weight_sampling(next_key, features):
+def test_local_predictive_matches_weight_sampling(next_key, features=(4, 4, 3)):
+    """Two hidden layers: the local first layer plus sampled later layers (the one-layer case is the
+    same code with an empty remainder)."""
     model, params = make_mlp(next_key(), 5, features)
     q = _broad_q(next_key(), params, scale=0.5)
     x = jax.random.normal(next_key(), (50, 5))
