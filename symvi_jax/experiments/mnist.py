@@ -35,7 +35,7 @@ draw uses one standard-normal vector eps per hidden unit (shared by all test exa
 a (784 x width) weight draw and a full matrix product; later layers are drawn from q as usual.
 Every example's predictive p(y | x) = E_q softmax(f_w(x)) is estimated from ``num_eval_samples``
 draws with exactly the same distribution per example as with ``predict.predictive_probs``
-(``predictive="weights"``, which is ~(784 / 10) times slower); only the correlation of Monte
+(``predictive="weights"``, tens of times slower: a 784 x width product per draw); only the correlation of Monte
 Carlo noise between examples differs, which no per-example metric sees.
 """
 
@@ -86,7 +86,7 @@ class Config:
     learning_rate: float = 1e-3
     num_samples: int = 1
     prior_scale: float = 1.0
-    init_scale: float = 1e-3
+    init_scale: float = 1e-2
     init_loc_scale: Optional[float] = None
     num_seeds: int = 10
     seed: int = 0
