@@ -28,6 +28,7 @@ COMMANDS = {
     "train": "symvi_jax.experiments.train",
     "mixture": "symvi_jax.experiments.mixture",
     "tractable": "symvi_jax.experiments.tractable",
+    "mnist": "symvi_jax.experiments.mnist",
 }
 
 
@@ -74,12 +75,32 @@ def _run_experiment(args) -> int:
     return 0
 
 
+def _add_data_parser(subparsers):
+    from symvi_jax import data
+
+    parser = subparsers.add_parser("data", help="download and verify datasets (symvi-jax data fetch NAME)")
+    actions = parser.add_subparsers(dest="data_command", required=True)
+    fetch = actions.add_parser("fetch", help="download the IDX files of NAME and check their SHA-256 digests")
+    fetch.add_argument("name", choices=data.DATASETS)
+    fetch.add_argument("--dir", default=None, help=f"target directory (default: {data.default_data_dir()}/NAME)")
+    parser.set_defaults(_handler=_run_data)
+
+
+def _run_data(args) -> int:
+    from symvi_jax import data
+
+    directory = data.fetch(args.name, args.dir, progress=True)
+    print(f"{args.name}: the four IDX files are in {directory} (use --data {directory})")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="symvi-jax", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     subparsers = parser.add_subparsers(dest="command", required=True)
     for name, module_path in COMMANDS.items():
         _add_experiment_parser(subparsers, name, module_path)
+    _add_data_parser(subparsers)
     return parser
 
 
@@ -92,7 +113,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         hint = f" (did you mean {close[0]}?)" if close else ""
         args._parser.error(f"unrecognized arguments: {' '.join(unknown)}{hint}")
     try:
-        return _run_experiment(args)
+        return getattr(args, "_handler", _run_experiment)(args)
     except ValueError as err:
         print(f"symvi-jax {args.command}: error: {err}", file=sys.stderr)
         return 2

@@ -1,0 +1,758 @@
+"""MNIST / Fashion-MNIST with small MLPs: MFVI vs the symmetrized posterior (SGM), Table 1.
+
+The paper's protocol (Gelberg et al., 2024, Section 5 and Table 1): an MLP with one hidden layer of
+width 5, 10, 20 or 30 (relu, softmax likelihood), pixels scaled to [0, 1]; a mean-field Gaussian
+q trained for 10 epochs with batch 100 and Adam (lr 1e-3) on the ELBO L (MFVI) or on the
+symmetrized bound L^K = L + I^K with K = 5, 10, 20 uniformly drawn permutations (SGM); 10 seeds;
+test accuracy of the Bayesian model average of 1000 models drawn from q.
+
+How it runs. For each width, every (method, seed) run is one lane of a single ``jax.vmap``-ed,
+``jax.jit``-compiled program: init, then ``lax.scan`` over epochs of ``lax.scan`` over
+``vi.step`` calls, with the data resident on the device and each epoch's minibatches taken from a
+fresh permutation. Seeds are paired across methods (seed i starts every method from the same
+initial means and uses the same minibatch order), so SGM - MFVI differences are paired.
+
+All methods share one objective, ``L + weight * I^K`` (weight 0 for MFVI, 1 for SGM), where I^K
+is the paper's estimator (Theorem 4.3) with the K - 1 permutations drawn uniformly; for MFVI the
+term (with K = the largest SGM K) is only read, never differentiated, which gives the saturation
+I^K / log K of the estimator along the MFVI trajectory for free. For MLPs the log-density of a
+permuted sample needs no gather over all weights: with A_l[i, j] the log-density of unit i's
+factor at unit j's weights (incoming weights for the first hidden layer, bias, and outgoing
+weights for the last), log q(g^{-1}.w) - log q(w) = sum_l sum_i (A_l[i, h_l(i)] - A_l[i, i]) plus
+the exact change of the kernels between two hidden layers, h = g^{-1}. A_l costs three small
+matrix products per sample and is independent of K (see ``_log_ratios``); tests check it against
+``orbits.orbit_log_probs``.
+
+Reported per run: test accuracy, NLL and ECE of the predictive from ``num_eval_samples`` draws;
+the final training ELBO L (mean of the minibatch estimates over the last epoch), the symmetrized
+estimate L + I^K at K = ``mi_num_permutations`` (a lower bound on L^G), the saturation
+I^K / log K per epoch, collapsed units, and for MNIST the AUROC of predictive entropy for telling
+the Fashion-MNIST test set from the MNIST test set (and the reverse for Fashion-MNIST).
+
+Predictive (``predictive="local"``, the default): the first layer's pre-activations of an
+example are Gaussian under q, a = x mu + b_mu + sqrt(x^2 sigma^2 + sigma_b^2) * eps, so each
+draw uses one standard-normal vector eps per hidden unit (shared by all test examples) instead of
+a (784 x width) weight draw and a full matrix product; later layers are drawn from q as usual.
+Every example's predictive p(y | x) = E_q softmax(f_w(x)) is estimated from ``num_eval_samples``
+draws with exactly the same distribution per example as with ``predict.predictive_probs``
+(``predictive="weights"``, tens of times slower: a 784 x width product per draw); only the correlation of Monte
+Carlo noise between examples differs, which no per-example metric sees.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+import sys
+import time
+from typing import Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from symvi_jax import MLP, PermutationGroup, data, likelihoods, meanfield, orbits, predict, vi
+from symvi_jax.experiments.base import Result
+from symvi_jax.objectives import ObjectiveInfo
+
+__all__ = ["Config", "run", "summarize", "PAPER_TABLE1", "symmetrized_objective", "local_predictive_probs",
+           "unit_statistics"]
+
+#: Table 1 of the paper: MNIST test accuracy (%), mean and std over 10 seeds, by width.
+PAPER_TABLE1 = {
+    "mfvi": {5: (88.379, 0.023), 10: (93.217, 0.022), 20: (94.836, 0.025), 30: (95.432, 0.023)},
+    "sgm5": {5: (88.423, 0.027), 10: (93.221, 0.021), 20: (94.899, 0.035), 30: (95.534, 0.033)},
+    "sgm10": {5: (88.405, 0.034), 10: (93.220, 0.023), 20: (94.896, 0.026), 30: (95.540, 0.025)},
+    "sgm20": {5: (88.408, 0.026), 10: (93.221, 0.027), 20: (94.905, 0.024), 30: (95.552, 0.023)},
+}
+
+_METHOD = re.compile(r"^(mfvi|sgm(\d+))$")
+_NUM_CLASSES = 10
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    dataset: str = "mnist"
+    data: Optional[str] = None
+    ood: bool = True
+    ood_data: Optional[str] = None
+    widths: tuple[int, ...] = (5, 10, 20, 30)
+    num_hidden_layers: int = 1
+    methods: tuple[str, ...] = ("mfvi", "sgm5", "sgm10", "sgm20")
+    num_epochs: int = 10
+    batch_size: int = 100
+    learning_rate: float = 1e-3
+    num_samples: int = 1
+    prior_scale: float = 1.0
+    init_scale: float = 1e-2
+    init_loc_scale: Optional[float] = None
+    num_seeds: int = 10
+    seed: int = 0
+    num_train: Optional[int] = None
+    num_test: Optional[int] = None
+    num_eval_samples: int = 1000
+    eval_chunk_size: int = 10
+    predictive: str = "local"
+    mi_num_permutations: int = 1000
+    mi_num_samples: int = 64
+    collapse_kl: float = 0.05
+
+    def validate(self):
+        if self.dataset not in data.DATASETS:
+            raise ValueError(f"config key 'dataset' must be one of {list(data.DATASETS)}, got {self.dataset!r}")
+        if not self.widths or any(int(w) < 1 for w in self.widths):
+            raise ValueError(f"config key 'widths' must be a non-empty list of positive ints, got {self.widths}")
+        if not self.methods:
+            raise ValueError("config key 'methods' must name at least one method ('mfvi', 'sgmK')")
+        for method in self.methods:
+            match = _METHOD.match(str(method))
+            if match is None or (match.group(2) is not None and int(match.group(2)) < 2):
+                raise ValueError(f"config key 'methods' entries must be 'mfvi' or 'sgmK' with K >= 2, got {method!r}")
+        if len(set(self.methods)) != len(self.methods):
+            raise ValueError(f"config key 'methods' has duplicates: {self.methods}")
+        for key in ("num_hidden_layers", "num_epochs", "batch_size", "num_samples", "num_seeds", "num_eval_samples",
+                    "eval_chunk_size", "mi_num_permutations", "mi_num_samples"):
+            if getattr(self, key) < 1:
+                raise ValueError(f"config key {key!r} must be >= 1, got {getattr(self, key)}")
+        for key in ("learning_rate", "prior_scale", "init_scale", "collapse_kl"):
+            value = getattr(self, key)
+            if not math.isfinite(value) or value <= 0:
+                raise ValueError(f"config key {key!r} must be > 0, got {value}")
+        if self.num_eval_samples % self.eval_chunk_size:
+            raise ValueError(
+                f"config key 'eval_chunk_size' ({self.eval_chunk_size}) must divide num_eval_samples "
+                f"({self.num_eval_samples})"
+            )
+        if self.predictive not in ("local", "weights"):
+            raise ValueError(f"config key 'predictive' must be 'local' or 'weights', got {self.predictive!r}")
+        for key in ("num_train", "num_test"):
+            value = getattr(self, key)
+            if value is not None and value < 1:
+                raise ValueError(f"config key {key!r} must be >= 1 or null (all), got {value}")
+        if self.init_loc_scale is not None and not (math.isfinite(self.init_loc_scale) and self.init_loc_scale >= 0):
+            raise ValueError(f"config key 'init_loc_scale' must be >= 0 or null, got {self.init_loc_scale}")
+        if self.num_train is not None and self.num_train < self.batch_size:
+            raise ValueError(f"config key 'num_train' ({self.num_train}) must be >= batch_size ({self.batch_size})")
+
+
+# ---- the objective ---------------------------------------------------------------------------------
+
+
+def _unit_features(tree, group: PermutationGroup, layer: int):
+    """Stack, per unit of hidden layer ``layer``, the leaves that move with it alone: (d_l, P).
+
+    Hidden layer l's units own their bias; the first hidden layer's also own their incoming
+    kernel column and the last hidden layer's their outgoing kernel row. Kernels between two
+    hidden layers move with two units at once and are handled separately.
+    """
+    names = group.layer_names
+    parts = []
+    if layer == 0 and "kernel" in tree[names[0]]:
+        parts.append(tree[names[0]]["kernel"].T)
+    if "bias" in tree[names[layer]]:
+        parts.append(tree[names[layer]]["bias"][:, None])
+    if layer == group.num_hidden_layers - 1 and "kernel" in tree[names[layer + 1]]:
+        parts.append(tree[names[layer + 1]]["kernel"])
+    return jnp.concatenate(parts, axis=1)
+
+
+def _pairwise_quadratic(w, loc, precision):
+    """Q[i, j] = sum_p (w[j, p] - loc[i, p])^2 precision[i, p], with an exact diagonal.
+
+    Off the diagonal the square is expanded into three matrix products after centring both
+    arguments on the mean unit (which leaves every difference unchanged and keeps the cancellation
+    error small relative to the differences); the diagonal, which carries log q(w) itself, is
+    computed directly.
+    """
+    centre = jax.lax.stop_gradient(jnp.mean(loc, axis=0))
+    u, m = w - centre, loc - centre
+    quad = precision @ jnp.square(u).T - 2.0 * (m * precision) @ u.T + jnp.sum(jnp.square(m) * precision, axis=1)[:, None]
+    diag = jnp.sum(jnp.square(w - loc) * precision, axis=1)
+    eye = jnp.eye(w.shape[0], dtype=bool)
+    return jnp.where(eye, diag[:, None], quad)
+
+
+def _log_ratios(q, sigma, w, inverses, group: PermutationGroup):
+    """log q(h_k.w) - log q(w) for every stacked element h_k (leading axis K') and one sample w.
+
+    With h = g^{-1} this is log q(g^{-1}.w) - log q(w), the quantity the InfoNCE estimator
+    needs; ``inverses`` holds the h_k. Equals ``orbit_log_probs(q, w, g, group) - log_prob(q, w)``
+    (``tests/test_experiments_mnist.py``).
+    """
+    names = group.layer_names
+    total = 0.0
+    for layer in range(group.num_hidden_layers):
+        loc = _unit_features(q.loc, group, layer)
+        precision = 1.0 / jnp.square(_unit_features(sigma, group, layer))
+        quad = _pairwise_quadratic(_unit_features(w, group, layer), loc, precision)
+        delta = -0.5 * (quad - jnp.diag(quad)[:, None])  # A[i, j] - A[i, i]
+        rows = jnp.arange(quad.shape[0])
+        total = total + jnp.sum(delta[rows[None, :], inverses[layer]], axis=1)
+    for between in range(1, group.num_hidden_layers):  # kernels joining hidden layers between-1 and between
+        name = names[between]
+        if "kernel" not in w[name]:
+            continue
+        kernel, loc, scale = w[name]["kernel"], q.loc[name]["kernel"], sigma[name]["kernel"]
+
+        def moved(h_rows, h_cols):
+            permuted = kernel[h_rows][:, h_cols]
+            return -0.5 * jnp.sum(jnp.square((permuted - loc) / scale))
+
+        base = -0.5 * jnp.sum(jnp.square((kernel - loc) / scale))
+        total = total + jax.vmap(moved)(inverses[between - 1], inverses[between]) - base
+    return total
+
+
+def _infonce_terms(rng_key, q, samples, group, *, max_permutations, num_permutations):
+    """The paper's I^K terms, t_s = -log[(1/K)(1 + sum_{j<K} q(g_j^{-1}.w_s) / q(w_s))] (<= log K).
+
+    ``max_permutations - 1`` elements are drawn uniformly (shared by all S samples, as in
+    ``orbits``); the first ``num_permutations - 1`` of them are used, so ``num_permutations`` may
+    be a traced value that differs between vmapped runs.
+    """
+    if max_permutations < 2:
+        return jnp.zeros(jax.tree.leaves(samples)[0].shape[0])
+    elements = group.sample(rng_key, max_permutations - 1)
+    inverses = group.inverse(elements)
+    sigma = meanfield.scale(q)
+    ratios = jax.vmap(lambda w: _log_ratios(q, sigma, w, inverses, group))(samples)  # (S, K_max - 1)
+    used = jnp.arange(max_permutations - 1) < (num_permutations - 1)
+    ratios = jnp.where(used[None, :], ratios, -jnp.inf)
+    log_mean = jax.nn.logsumexp(jnp.concatenate([jnp.zeros_like(ratios[:, :1]), ratios], axis=1), axis=1)
+    return jnp.log(jnp.asarray(num_permutations, ratios.dtype)) - log_mean
+
+
+def symmetrized_objective(
+    rng_key,
+    q,
+    batch,
+    *,
+    loglikelihood_fn,
+    group: PermutationGroup,
+    data_size: int,
+    prior_scale: float,
+    num_samples: int,
+    max_permutations: int,
+    num_permutations,
+    mi_weight,
+):
+    """L + mi_weight * I^K on one minibatch: MFVI for weight 0, SGM (L^K) for weight 1.
+
+    Same randomness layout and value as ``objectives.symmetrized_elbo`` with the ``infonce``
+    estimator (key split into weight-sample and permutation keys; closed-form KL), but with
+    K and the weight as (possibly traced) arguments and the fast ``_log_ratios``. The returned
+    ``mutual_information`` is the I^K reading whether or not it is weighted into the objective;
+    with weight 0 it is held out of the gradient.
+    """
+    key_sample, key_perm = jax.random.split(rng_key)
+    samples = meanfield.sample(key_sample, q, num_samples)
+    per_example = jax.vmap(lambda w: loglikelihood_fn(w, batch))(samples)
+    expected_ll = data_size * jnp.mean(per_example)
+    kl = meanfield.kl_to_normal(q, prior_scale)
+    terms = _infonce_terms(key_perm, q, samples, group, max_permutations=max_permutations,
+                           num_permutations=num_permutations)
+    mutual_information = jnp.mean(terms)
+    weighted = jnp.where(mi_weight > 0, mi_weight * mutual_information, jax.lax.stop_gradient(0.0 * mutual_information))
+    value = expected_ll - kl + weighted
+    log_order = jnp.asarray(group.log_order(), dtype=value.dtype)
+    return value, ObjectiveInfo(value, expected_ll, kl, mutual_information, log_order)
+
+
+# ---- predictions -----------------------------------------------------------------------------------
+
+
+def _forward_rest(pre_activation, rest, names):
+    h = pre_activation
+    for name in names[1:]:
+        h = jax.nn.relu(h)
+        layer = rest[name]
+        h = h @ layer["kernel"] + (layer["bias"] if "bias" in layer else 0.0)
+    return h
+
+
+def local_predictive_probs(rng_key, q, inputs, *, num_samples: int, chunk_size: int, layer_names):
+    """(1/S) sum_s softmax(f(x; a_s, w_s)) with first-layer pre-activations drawn from their
+    exact Gaussian marginal, a_s = x mu_0 + b_0 + sqrt(x^2 sigma_0^2 + sigma_b^2) * eps_s, and the
+    later layers w_s ~ q (module docstring). ``chunk_size`` draws are evaluated at a time."""
+    first = layer_names[0]
+    sigma = meanfield.scale(q)
+    loc0, scale0 = q.loc[first], sigma[first]
+    mean = inputs @ loc0["kernel"] + loc0.get("bias", 0.0)
+    var = jnp.square(inputs) @ jnp.square(scale0["kernel"])
+    if "bias" in scale0:
+        var = var + jnp.square(scale0["bias"])
+    std = jnp.sqrt(var)
+    rest_q = meanfield.MeanFieldState(
+        {n: q.loc[n] for n in layer_names[1:]}, {n: q.raw_scale[n] for n in layer_names[1:]}
+    )
+
+    def body(total, key):
+        key_eps, key_rest = jax.random.split(key)
+        eps = jax.random.normal(key_eps, (chunk_size, mean.shape[1]), dtype=mean.dtype)
+        rest = meanfield.sample(key_rest, rest_q, chunk_size)
+
+        def one(eps_s, rest_s):
+            return jax.nn.softmax(_forward_rest(mean + std * eps_s, rest_s, layer_names), axis=-1)
+
+        return total + jnp.sum(jax.vmap(one)(eps, rest), axis=0), None
+
+    num_outputs = q.loc[layer_names[-1]]["kernel"].shape[1]
+    total0 = jnp.zeros((inputs.shape[0], num_outputs), mean.dtype)
+    total, _ = jax.lax.scan(body, total0, jax.random.split(rng_key, num_samples // chunk_size))
+    return total / num_samples
+
+
+# ---- diagnostics -------------------------------------------------------------------------------------
+
+
+def unit_statistics(q, layer_names, prior_scale: float):
+    """Per hidden unit, over its incoming weights and bias: mean |mu| / s and mean sigma / s.
+
+    Returns a list (one entry per hidden layer) of ``(mean_abs_loc, mean_scale)`` arrays.
+    """
+    sigma = meanfield.scale(q)
+    out = []
+    for name in layer_names[:-1]:
+        locs = [q.loc[name]["kernel"]] + ([q.loc[name]["bias"][None, :]] if "bias" in q.loc[name] else [])
+        scales = [sigma[name]["kernel"]] + ([sigma[name]["bias"][None, :]] if "bias" in sigma[name] else [])
+        loc = jnp.concatenate(locs, axis=0)
+        scale = jnp.concatenate(scales, axis=0)
+        out.append((jnp.mean(jnp.abs(loc), axis=0) / prior_scale, jnp.mean(scale, axis=0) / prior_scale))
+    return out
+
+
+# ---- running -----------------------------------------------------------------------------------------
+
+
+def _method_k(method: str, default_k: int):
+    match = _METHOD.match(method)
+    if match.group(2) is None:
+        return default_k, 0.0
+    return int(match.group(2)), 1.0
+
+
+def _load(config: Config):
+    dataset = data.load(config.dataset, config.data)
+    rng = np.random.default_rng(config.seed)
+    x_train, y_train, x_test, y_test = dataset
+    if config.num_train is not None:
+        if config.num_train > len(y_train):
+            raise ValueError(f"config key 'num_train' ({config.num_train}) exceeds the {len(y_train)} training images")
+        keep = np.sort(rng.choice(len(y_train), config.num_train, replace=False))
+        x_train, y_train = x_train[keep], y_train[keep]
+    if config.num_test is not None:
+        x_test, y_test = x_test[: config.num_test], y_test[: config.num_test]
+    ood = None
+    if config.ood:
+        other = "fashion_mnist" if config.dataset == "mnist" else "mnist"
+        ood_images = data.load(other, config.ood_data).x_test
+        if config.num_test is not None:
+            ood_images = ood_images[: config.num_test]
+        ood = (other, data.as_inputs(ood_images))
+    return (x_train.reshape(len(x_train), -1), y_train.astype(np.int32),
+            data.as_inputs(x_test), y_test.astype(np.int32), ood)
+
+
+def _train_width(config: Config, width: int, train, methods, keys):
+    """Train every (method, seed) of one width as one vmapped program. Returns final q, epoch stats."""
+    x_train, y_train = train
+    size = int(x_train.shape[0])
+    steps = size // config.batch_size
+    features = (width,) * config.num_hidden_layers + (_NUM_CLASSES,)
+    model = MLP(features=features)
+
+    def apply_fn(p, x):
+        return model.apply({"params": p}, x)
+
+    loglik = likelihoods.categorical(apply_fn)
+    template = model.init(jax.random.key(0), jnp.zeros((1, x_train.shape[1])))["params"]
+    group = PermutationGroup.from_params(template)
+    max_k = max(k for k, _ in methods)
+
+    def one_run(key, num_permutations, mi_weight, x_all, y_all):
+        objective = lambda rng_key, q, batch: symmetrized_objective(  # noqa: E731
+            rng_key, q, batch, loglikelihood_fn=loglik, group=group, data_size=size,
+            prior_scale=config.prior_scale, num_samples=config.num_samples, max_permutations=max_k,
+            num_permutations=num_permutations, mi_weight=mi_weight,
+        )
+        algorithm = vi.build(loglik, optax.adam(config.learning_rate), data_size=size, objective=objective,
+                             num_samples=config.num_samples, prior_scale=config.prior_scale,
+                             init_scale=config.init_scale)
+        key_init, key_epochs = jax.random.split(key)
+        params = model.init(key_init, jnp.zeros((1, x_all.shape[1])))["params"]
+        if config.init_loc_scale is not None:  # all means ~ N(0, c^2) instead of flax's lecun-normal init
+            leaves, treedef = jax.tree.flatten(params)
+            leaf_keys = jax.random.split(jax.random.fold_in(key_init, 1), len(leaves))
+            params = jax.tree.unflatten(treedef, [config.init_loc_scale * jax.random.normal(k, x.shape, x.dtype)
+                                                  for k, x in zip(leaf_keys, leaves)])
+        state = algorithm.init(params)
+
+        def epoch(state, key_epoch):
+            key_order, key_steps = jax.random.split(key_epoch)
+            order = jax.random.permutation(key_order, size)[: steps * config.batch_size]
+            order = order.reshape(steps, config.batch_size)
+
+            def body(state, xs):
+                index, key_step = xs
+                batch = (x_all[index].astype(jnp.float32) / 255.0, y_all[index])
+                return algorithm.step(key_step, state, batch)
+
+            state, infos = jax.lax.scan(body, state, (order, jax.random.split(key_steps, steps)))
+            stats = {
+                "elbo": jnp.mean(infos.expected_loglikelihood - infos.kl),
+                "objective": jnp.mean(infos.objective),
+                "mutual_information": jnp.mean(infos.mutual_information),
+                "nonfinite_steps": jnp.sum(~jnp.isfinite(infos.objective)),
+            }
+            return state, stats
+
+        state, stats = jax.lax.scan(epoch, state, jax.random.split(key_epochs, config.num_epochs))
+        return state.params, stats
+
+    ks = jnp.asarray([k for k, _ in methods], dtype=jnp.int32)
+    weights = jnp.asarray([w for _, w in methods], dtype=jnp.float32)
+    num_seeds = keys.shape[0]
+    run_keys = jnp.tile(keys, len(methods))  # method-major: run r = method r // S, seed r % S
+    run_ks = jnp.repeat(ks, num_seeds)
+    run_weights = jnp.repeat(weights, num_seeds)
+    train_fn = jax.jit(jax.vmap(one_run, in_axes=(0, 0, 0, None, None)))
+    q, stats = train_fn(run_keys, run_ks, run_weights, jnp.asarray(x_train), jnp.asarray(y_train))
+    return jax.block_until_ready(q), jax.device_get(stats), apply_fn, group
+
+
+def _evaluate_width(config: Config, q, apply_fn, group, test, ood, key):
+    """Metrics for every run (lax.map over runs inside one jit)."""
+    x_test, y_test = test
+    names = group.layer_names
+    num_runs = jax.tree.leaves(q)[0].shape[0]
+
+    def probs_fn(rng_key, q_run, inputs):
+        if config.predictive == "local":
+            return local_predictive_probs(rng_key, q_run, inputs, num_samples=config.num_eval_samples,
+                                          chunk_size=config.eval_chunk_size, layer_names=names)
+        return predict.predictive_probs(rng_key, q_run, apply_fn, inputs, num_samples=config.num_eval_samples,
+                                        chunk_size=config.eval_chunk_size)
+
+    def evaluate(q, keys, x_test, y_test, ood):
+        return jax.lax.map(lambda args: one(args, x_test, y_test, ood), (q, keys))
+
+    def one(args, x_test, y_test, ood):
+        q_run, rng_key = args
+        key_pred, key_ood, key_mi = jax.random.split(rng_key, 3)
+        probs = probs_fn(key_pred, q_run, x_test)
+        out = {
+            "test_accuracy": predict.accuracy(probs, y_test),
+            "test_nll": predict.nll(probs, y_test),
+            "ece": predict.ece(probs, y_test),
+            "entropy_in": predict.predictive_entropy(probs),
+        }
+        if ood is not None:
+            out["entropy_out"] = predict.predictive_entropy(probs_fn(key_ood, q_run, ood))
+        key_sample, key_perm = jax.random.split(key_mi)
+        samples = meanfield.sample(key_sample, q_run, config.mi_num_samples)
+        terms = jax.lax.map(
+            lambda w: _infonce_terms(key_perm, q_run, jax.tree.map(lambda x: x[None], w), group,
+                                     max_permutations=config.mi_num_permutations,
+                                     num_permutations=config.mi_num_permutations)[0],
+            samples,
+        )
+        out["mi_estimate"] = jnp.mean(terms)
+        out["mi_estimate_se"] = jnp.std(terms) / jnp.sqrt(config.mi_num_samples)
+        out["units"] = unit_statistics(q_run, names, config.prior_scale)
+        return out
+
+    keys = jax.random.split(key, num_runs)
+    return jax.device_get(jax.jit(evaluate)(q, keys, jnp.asarray(x_test), jnp.asarray(y_test),
+                                   None if ood is None else jnp.asarray(ood)))
+
+
+def _t_quantile(df: int) -> float:
+    """Two-sided 95% Student-t quantile t_{0.975, df}."""
+    table = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262,
+             10: 2.228, 11: 2.201, 12: 2.179, 13: 2.160, 14: 2.145, 15: 2.131, 16: 2.120, 17: 2.110,
+             18: 2.101, 19: 2.093, 20: 2.086, 25: 2.060, 30: 2.042}
+    if df in table:
+        return table[df]
+    usable = [k for k in table if k <= df]
+    return table[max(usable)] if df < 30 else 1.96 + 2.4 / df
+
+
+def _paired_ci(a, b):
+    """Mean of b - a over paired seeds with a 95% t-interval (NaN interval for one seed)."""
+    diff = np.asarray(b, dtype=np.float64) - np.asarray(a, dtype=np.float64)
+    mean = float(diff.mean())
+    if len(diff) < 2:
+        return mean, float("nan"), float("nan")
+    half = _t_quantile(len(diff) - 1) * diff.std(ddof=1) / math.sqrt(len(diff))
+    return mean, mean - half, mean + half
+
+
+def run(config: Config) -> Result:
+    start = time.perf_counter()
+    x_train, y_train, x_test, y_test, ood = _load(config)
+    load_time = time.perf_counter() - start
+    methods = list(config.methods)
+    sgm_ks = [_method_k(m, 0)[0] for m in methods if m != "mfvi"]
+    default_k = max(sgm_ks) if sgm_ks else 20
+    method_ks = [_method_k(m, default_k) for m in methods]
+    seed_keys = jax.random.split(jax.random.key(config.seed), config.num_seeds)
+    rows, timings = [], []
+    for width in config.widths:
+        t0 = time.perf_counter()
+        q, stats, apply_fn, group = _train_width(config, int(width), (x_train, y_train), method_ks, seed_keys)
+        t1 = time.perf_counter()
+        metrics = _evaluate_width(config, q, apply_fn, group, (x_test, y_test), None if ood is None else ood[1],
+                                  jax.random.fold_in(jax.random.key(config.seed), int(width)))
+        t2 = time.perf_counter()
+        timings.append((int(width), t1 - t0, t2 - t1))
+        print(f"[mnist] width {width}: trained {len(methods) * config.num_seeds} runs in {t1 - t0:.1f} s, "
+              f"evaluated in {t2 - t1:.1f} s", file=sys.stderr, flush=True)
+        for m_index, method in enumerate(methods):
+            k, weight = method_ks[m_index]
+            for seed in range(config.num_seeds):
+                r = m_index * config.num_seeds + seed
+                elbo = float(stats["elbo"][r, -1])
+                mi = float(metrics["mi_estimate"][r])
+                row = {
+                    "dataset": config.dataset,
+                    "width": int(width),
+                    "num_hidden_layers": config.num_hidden_layers,
+                    "method": method,
+                    "K": None if method == "mfvi" else k,
+                    "seed": seed,
+                    "num_train": int(len(y_train)),
+                    "test_accuracy": float(metrics["test_accuracy"][r]),
+                    "test_nll": float(metrics["test_nll"][r]),
+                    "ece": float(metrics["ece"][r]),
+                    "elbo": elbo,
+                    "elbo_symmetrized": elbo + mi,
+                    "mi_estimate": mi,
+                    "mi_estimate_se": float(metrics["mi_estimate_se"][r]),
+                    "mi_num_permutations": config.mi_num_permutations,
+                    "log_group_order": group.log_order(),
+                    "saturation_K": k,
+                    "saturation": [float(v) / math.log(k) for v in stats["mutual_information"][r]],
+                    "elbo_per_epoch": [float(v) for v in stats["elbo"][r]],
+                    "nonfinite_steps": int(np.sum(stats["nonfinite_steps"][r])),
+                    "train_seconds": t1 - t0,
+                    "eval_seconds": t2 - t1,
+                }
+                for loc_stat, scale_stat in metrics["units"]:
+                    row.setdefault("unit_mean_sigma", []).append([round(float(v), 4) for v in scale_stat[r]])
+                    row.setdefault("unit_mean_abs_loc", []).append([round(float(v), 4) for v in loc_stat[r]])
+                row["collapsed_units_per_layer"] = _collapsed_per_layer(row, config.collapse_kl)
+                row["collapsed_units"] = sum(row["collapsed_units_per_layer"])
+                if ood is not None:
+                    row["ood_dataset"] = ood[0]
+                    row["ood_auroc"] = predict.auroc(metrics["entropy_in"][r], metrics["entropy_out"][r])
+                rows.append(row)
+    total = time.perf_counter() - start
+    markdown = _markdown(config, rows, timings, load_time, total)
+    return Result(rows=rows, markdown=markdown, figures=_figures(config, rows))
+
+
+# ---- reporting ---------------------------------------------------------------------------------------
+
+
+def _select(rows, **match):
+    return [r for r in rows if all(r[k] == v for k, v in match.items())]
+
+
+def _mean_std(values):
+    values = np.asarray(values, dtype=np.float64)
+    return values.mean(), (values.std(ddof=1) if len(values) > 1 else float("nan"))
+
+
+def _markdown(config: Config, rows, timings, load_time, total) -> str:
+    methods, widths = list(config.methods), [int(w) for w in config.widths]
+    n_train = rows[0]["num_train"] if rows else 0
+    depth = config.num_hidden_layers
+    lines = [
+        f"# {config.dataset}: MFVI vs SGM, {depth} hidden layer{'s' if depth > 1 else ''} "
+        f"of width {', '.join(map(str, widths))}",
+        "",
+        f"{n_train} training images, {config.num_epochs} epochs, batch {config.batch_size}, Adam lr "
+        f"{config.learning_rate}, S = {config.num_samples}, prior N(0, {config.prior_scale}^2), initial sigma "
+        f"{config.init_scale}, {config.num_seeds} seeds (paired across methods); predictions from "
+        f"{config.num_eval_samples} draws ({config.predictive}). Mean +- std over seeds.",
+        "",
+        "## Test accuracy (%)",
+        "",
+    ]
+    paper = config.dataset == "mnist" and depth == 1 and config.num_train is None
+    header = "| method | " + " | ".join(f"width {w}" for w in widths) + " |"
+    lines += [header, "| --- |" + " --- |" * len(widths)]
+    for method in methods:
+        cells = []
+        for w in widths:
+            acc = [100 * r["test_accuracy"] for r in _select(rows, method=method, width=w)]
+            mean, std = _mean_std(acc)
+            cell = f"{mean:.3f} +- {std:.3f}"
+            if paper and w in PAPER_TABLE1.get(method, {}):
+                pm, ps = PAPER_TABLE1[method][w]
+                cell += f" (paper {pm:.3f} +- {ps:.3f})"
+            cells.append(cell)
+        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    lines += ["", "## Per row", "",
+              "| width | method | accuracy % | NLL | ECE | L / N | (L + I^K) / N | I^K (K = "
+              f"{config.mi_num_permutations}) | I^K / log K, epochs 1 .. {config.num_epochs} | collapsed units |"
+              + (" OOD AUROC |" if config.ood else ""),
+              "| --- |" + " --- |" * (9 + (1 if config.ood else 0))]
+    for w in widths:
+        for method in methods:
+            sel = _select(rows, method=method, width=w)
+            if not sel:
+                continue
+            fmt = {}
+            for key, scale in (("test_accuracy", 100), ("test_nll", 1), ("ece", 1), ("elbo", 1 / n_train),
+                               ("elbo_symmetrized", 1 / n_train), ("mi_estimate", 1), ("collapsed_units", 1),
+                               ("ood_auroc", 1)):
+                if key in sel[0]:
+                    fmt[key] = _mean_std([scale * r[key] for r in sel])
+            sat = np.mean([r["saturation"] for r in sel], axis=0)
+            shown = sat if len(sat) <= 10 else sat[np.linspace(0, len(sat) - 1, 10).round().astype(int)]
+            line = (f"| {w} | {method} | {fmt['test_accuracy'][0]:.3f} +- {fmt['test_accuracy'][1]:.3f} | "
+                    f"{fmt['test_nll'][0]:.4f} +- {fmt['test_nll'][1]:.4f} | {fmt['ece'][0]:.4f} | "
+                    f"{fmt['elbo'][0]:.4f} | {fmt['elbo_symmetrized'][0]:.4f} | {fmt['mi_estimate'][0]:.3f} | "
+                    f"{' '.join(f'{v:.2f}' for v in shown)} (K = {sel[0]['saturation_K']}) | "
+                    f"{fmt['collapsed_units'][0]:.1f} |")
+            if "ood_auroc" in fmt:
+                line += f" {fmt['ood_auroc'][0]:.4f} +- {fmt['ood_auroc'][1]:.4f} |"
+            lines.append(line)
+    if "mfvi" in methods and len(methods) > 1:
+        lines += ["", "## SGM - MFVI, paired by seed (mean [95% t-interval])", "",
+                  "| width | method | accuracy (pp) | NLL | ECE | collapsed units |", "| --- | --- | --- | --- | --- | --- |"]
+        for w in widths:
+            base = sorted(_select(rows, method="mfvi", width=w), key=lambda r: r["seed"])
+            for method in methods:
+                if method == "mfvi":
+                    continue
+                other = sorted(_select(rows, method=method, width=w), key=lambda r: r["seed"])
+                cells = []
+                for key, scale, digits in (("test_accuracy", 100, 3), ("test_nll", 1, 4), ("ece", 1, 4),
+                                           ("collapsed_units", 1, 2)):
+                    m, lo, hi = _paired_ci([scale * r[key] for r in base], [scale * r[key] for r in other])
+                    cells.append(f"{m:+.{digits}f} [{lo:+.{digits}f}, {hi:+.{digits}f}]")
+                lines.append(f"| {w} | {method} | " + " | ".join(cells) + " |")
+    lines += ["", "## Wall time", "", f"Data loading {load_time:.1f} s; total {total:.1f} s "
+              f"(compilation included; {jax.device_count()} {jax.devices()[0].platform} device(s)).", "",
+              "| width | train (s) | evaluate (s) |", "| --- | --- | --- |"]
+    lines += [f"| {w} | {a:.1f} | {b:.1f} |" for w, a, b in timings]
+    lines += ["", f"Collapsed unit: KL(N(m, v^2) \\|\\| N(0, s^2)) < {config.collapse_kl} nats, with m and v the mean "
+              "\\|mu\\| and mean sigma of its incoming weights and bias (a unit at the prior scores 0, a trained MNIST "
+              "unit ~1). L is the mean minibatch ELBO over the last epoch; I^K at the final q from "
+              f"{config.mi_num_samples} draws."]
+    nonfinite = sum(r["nonfinite_steps"] for r in rows)
+    if nonfinite:
+        lines += ["", f"WARNING: {nonfinite} training steps had a non-finite objective."]
+    return "\n".join(lines)
+
+
+def _figures(config: Config, rows):
+    def accuracy_plot(path):
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        widths = [int(w) for w in config.widths]
+        fig, axes = plt.subplots(1, 2, figsize=(9, 3.5))
+        for method in config.methods:
+            for ax, key, scale in ((axes[0], "test_accuracy", 100), (axes[1], "test_nll", 1)):
+                stats = [_mean_std([scale * r[key] for r in _select(rows, method=method, width=w)]) for w in widths]
+                ax.errorbar(widths, [m for m, _ in stats], yerr=[s for _, s in stats], marker="o", capsize=3,
+                            label=method)
+        if config.dataset == "mnist" and config.num_hidden_layers == 1 and config.num_train is None:
+            for method in config.methods:
+                if method in PAPER_TABLE1:
+                    ws = [w for w in widths if w in PAPER_TABLE1[method]]
+                    axes[0].plot(ws, [PAPER_TABLE1[method][w][0] for w in ws], "x", color="gray")
+            axes[0].plot([], [], "x", color="gray", label="paper")
+        axes[0].set(xlabel="width", ylabel="test accuracy (%)")
+        axes[1].set(xlabel="width", ylabel="test NLL")
+        axes[0].legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+
+    def saturation_plot(path):
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(figsize=(5, 3.5))
+        for w in config.widths:
+            for method in config.methods:
+                sel = _select(rows, method=method, width=int(w))
+                if sel:
+                    sat = np.mean([r["saturation"] for r in sel], axis=0)
+                    ax.plot(np.arange(1, len(sat) + 1), sat, label=f"{method}, width {w}")
+        ax.set(xlabel="epoch", ylabel="I^K / log K (epoch mean)", ylim=(0, 1.05))
+        ax.legend(fontsize=6, ncol=2)
+        fig.tight_layout()
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+
+    return {"accuracy_vs_width.png": accuracy_plot, "saturation.png": saturation_plot}
+
+
+def _collapsed_per_layer(row, collapse_kl: float) -> list:
+    """Units whose incoming-weight summary (mean |mu| = m s, mean sigma = v s) is within
+    ``collapse_kl`` nats per weight of the prior: log(1 / v) + (v^2 + m^2) / 2 - 1/2 < collapse_kl."""
+    counts = []
+    for sig, loc in zip(row["unit_mean_sigma"], row["unit_mean_abs_loc"]):
+        v, m = np.asarray(sig, dtype=np.float64), np.asarray(loc, dtype=np.float64)
+        kl = -np.log(v) + (v ** 2 + m ** 2) / 2 - 0.5
+        counts.append(int(np.sum(kl < collapse_kl)))
+    return counts
+
+
+def summarize(paths, *, collapse_kl: float = 0.05) -> str:
+    """One markdown table of SGM - MFVI over several ``results.json`` files (e.g. the regimes).
+
+    Per (file, width, SGM method): paired differences of test accuracy and NLL with 95%
+    t-intervals, collapsed units (recounted from the stored per-unit statistics with
+    ``collapse_kl``, see ``_collapsed_per_layer``) for both methods, the final-epoch saturation
+    I^K / log K of both, and the largest difference between paired runs' per-unit statistics
+    (0 means SGM trained to the same posterior as MFVI).
+
+    Example: ``python -c "from symvi_jax.experiments import mnist; print(mnist.summarize(['out/x/results.json']))"``
+    """
+    import json
+    from pathlib import Path
+
+    lines = ["| run | width | method | seeds | accuracy MFVI % | SGM - MFVI accuracy (pp) | SGM - MFVI NLL | "
+             "SGM - MFVI L / N | collapsed MFVI / SGM | I^K / log K, epoch 1 -> last, MFVI / SGM | "
+             "max \\|unit stat diff\\| |",
+             "| --- |" + " --- |" * 10]
+    for path in paths:
+        payload = json.loads(Path(path).read_text())
+        rows = payload["rows"]
+        label = Path(path).parent.name
+        for width in sorted({r["width"] for r in rows}):
+            base = sorted(_select(rows, method="mfvi", width=width), key=lambda r: r["seed"])
+            if not base:
+                continue
+            for method in sorted({r["method"] for r in rows} - {"mfvi"}, key=lambda m: int(m[3:])):
+                other = sorted(_select(rows, method=method, width=width), key=lambda r: r["seed"])
+                acc = _paired_ci([100 * r["test_accuracy"] for r in base], [100 * r["test_accuracy"] for r in other])
+                nll = _paired_ci([r["test_nll"] for r in base], [r["test_nll"] for r in other])
+                elbo = _paired_ci([r["elbo"] / r["num_train"] for r in base], [r["elbo"] / r["num_train"] for r in other])
+                c_base = np.mean([sum(_collapsed_per_layer(r, collapse_kl)) for r in base])
+                c_other = np.mean([sum(_collapsed_per_layer(r, collapse_kl)) for r in other])
+                sat_base = np.mean([r["saturation"] for r in base], axis=0)[[0, -1]]
+                sat_other = np.mean([r["saturation"] for r in other], axis=0)[[0, -1]]
+                diff = max(float(np.max(np.abs(np.asarray(a[key][0]) - np.asarray(b[key][0]))))
+                           for a, b in zip(base, other) for key in ("unit_mean_sigma", "unit_mean_abs_loc"))
+                lines.append(
+                    f"| {label} | {width} | {method} | {len(base)} | "
+                    f"{np.mean([100 * r['test_accuracy'] for r in base]):.3f} | "
+                    f"{acc[0]:+.3f} [{acc[1]:+.3f}, {acc[2]:+.3f}] | {nll[0]:+.4f} [{nll[1]:+.4f}, {nll[2]:+.4f}] | "
+                    f"{elbo[0]:+.4f} [{elbo[1]:+.4f}, {elbo[2]:+.4f}] | "
+                    f"{c_base:.1f} / {c_other:.1f} | {sat_base[0]:.3f} -> {sat_base[1]:.3f} / "
+                    f"{sat_other[0]:.3f} -> {sat_other[1]:.3f} | {diff:.4f} |"
+                )
+    return "\n".join(lines)
