@@ -84,6 +84,7 @@ def _add_data_parser(subparsers):
     fetch.add_argument("name", choices=data.DATASETS)
     fetch.add_argument("--dir", default=None, help=f"target directory (default: {data.default_data_dir()}/NAME)")
     parser.set_defaults(_handler=_run_data)
+    fetch.set_defaults(_parser=fetch)
 
 
 def _run_data(args) -> int:
