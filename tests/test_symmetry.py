@@ -30,7 +30,7 @@ net_shapes = st.tuples(
 )
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=20, deadline=None)
 @given(net_shapes)
 def test_function_is_invariant_under_random_elements(shape):
     in_features, hidden, out, activation, use_bias, seed = shape
@@ -45,7 +45,7 @@ def test_function_is_invariant_under_random_elements(shape):
     np.testing.assert_allclose(after, before, rtol=1e-5, atol=1e-5)
 
 
-@settings(max_examples=30, deadline=None)
+@settings(max_examples=15, deadline=None)
 @given(net_shapes)
 def test_act_is_a_group_action(shape):
     in_features, hidden, out, activation, use_bias, seed = shape
