@@ -53,7 +53,11 @@ def _check_positive_int(value, name: str) -> None:
 
 
 def _expected_loglikelihood(loglikelihood_fn, samples, batch, data_size) -> Array:
-    per_example = jax.vmap(lambda w: loglikelihood_fn(w, batch))(samples)  # (S, M)
+    if jax.tree.leaves(samples)[0].shape[0] == 1:
+        # S = 1: call the network directly; a vmap over a unit axis costs XLA a batched matmul
+        per_example = loglikelihood_fn(jax.tree.map(lambda x: x[0], samples), batch)[None]
+    else:
+        per_example = jax.vmap(lambda w: loglikelihood_fn(w, batch))(samples)  # (S, M)
     if per_example.ndim != 2:
         raise ValueError(
             "loglikelihood_fn must return one value per example (shape (M,)), got shape "
