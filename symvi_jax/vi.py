@@ -112,6 +112,7 @@ def build(
     prior_scale: Union[float, ArrayTree] = 1.0,
     init_scale: float = 1e-2,
     chunk_size: Optional[int] = None,
+    temperature: Optional[float] = None,
 ) -> VIAlgorithm:
     """Bind a likelihood, an optimiser and the objective's configuration once.
 
@@ -131,6 +132,7 @@ def build(
         deterministic network, as is usual for Bayes-by-backprop-style BNNs; the paper leaves it
         unstated.
       chunk_size: ``lax.map`` chunk size over group elements; None vmaps them all.
+      temperature: the proposal's tempering for ``estimator="importance"`` (None: 1).
     """
     if not hasattr(optimizer, "init") or not hasattr(optimizer, "update"):
         raise ValueError(f"optimizer must be an optax GradientTransformation, got {type(optimizer).__name__}")
@@ -159,11 +161,13 @@ def build(
             num_permutations=num_permutations,
             estimator=estimator,
             chunk_size=chunk_size,
+            temperature=temperature,
         )
     else:
         raise ValueError(f"objective must be 'elbo', 'symmetrized_elbo' or a callable, got {objective!r}")
     # Validate the configuration eagerly, before anything is traced.
-    _check_config(objective, data_size, num_samples, num_permutations, estimator, prior_scale, init_scale, group)
+    _check_config(objective, data_size, num_samples, num_permutations, estimator, prior_scale, init_scale, group,
+                  temperature)
 
     def init_fn(params: ArrayTree) -> VIState:
         return init(params, optimizer, init_scale=init_scale)
@@ -177,13 +181,16 @@ def build(
     return VIAlgorithm(init_fn, step_fn, sample_fn)
 
 
-def _check_config(objective, data_size, num_samples, num_permutations, estimator, prior_scale, init_scale, group):
+def _check_config(objective, data_size, num_samples, num_permutations, estimator, prior_scale, init_scale, group,
+                  temperature=None):
     objectives._check_positive_int(data_size, "data_size")
     objectives._check_positive_int(num_samples, "num_samples")
     meanfield._check_positive(prior_scale, "prior_scale")
     meanfield._check_positive(init_scale, "init_scale")
     if objective == "symmetrized_elbo":
-        orbits._check_estimator(estimator, num_permutations)
+        orbits._check_estimator(estimator, num_permutations, temperature)
+    elif temperature is not None:
+        raise ValueError("temperature applies to objective='symmetrized_elbo' with estimator='importance' only")
 
 
 def init(params: ArrayTree, optimizer: optax.GradientTransformation, *, init_scale: float) -> VIState:
