@@ -22,6 +22,7 @@ __all__ = ["main", "COMMANDS"]
 #: Experiment subcommands: name -> module with ``Config``, ``run`` and a one-line ``__doc__``.
 COMMANDS = {
     "demo": "symvi_jax.experiments.demo",
+    "estimators": "symvi_jax.experiments.estimators",
 }
 
 

@@ -85,6 +85,10 @@ def balanced_log_weights(
     Each row's maximum is 0 and its minimum is at least ``2 * LOG_FLOOR``.
     """
     logits = log_a / temperature
+    if num_iterations:
+        # A per-unit constant (e.g. -||eps_j||^2 / 2, tens of nats in wide layers) changes neither the
+        # balanced matrix nor the permanent; remove it before clipping so the clip sees interactions.
+        logits = logits - jnp.max(logits, axis=0, keepdims=True)
     logits = logits - jnp.max(logits, axis=1, keepdims=True)
     logits = jnp.maximum(logits, LOG_FLOOR)
     log_v = jnp.zeros(logits.shape[1], logits.dtype)
