@@ -23,6 +23,7 @@ x_test, y_test); pixels are scaled to [0, 1].
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import time
 from pathlib import Path
@@ -207,8 +208,9 @@ def _to64(tree):
 # ---- part "exact" ------------------------------------------------------------------------------
 
 
+@functools.lru_cache(maxsize=None)
 def _estimator_terms(group, estimator, k, temperature):
-    """jit(fn(key, q, samples) -> per-sample terms) for one estimator and K."""
+    """jit(fn(key, q, samples) -> per-sample terms) for one estimator and K (cached: regimes share it)."""
     extra = {"temperature": temperature} if estimator == "importance" else {}
     return jax.jit(lambda key, q, samples: orbits.mutual_information_terms(
         key, q, samples, group, num_permutations=k, estimator=estimator, **extra))
