@@ -580,12 +580,12 @@ def _figures(rows):
             widths = sorted({r["width"] for r in exact})
             fig, axes = plt.subplots(1, len(regimes), figsize=(5 * len(regimes), 3.8), squeeze=False)
             for ax, regime in zip(axes[0], regimes):
-                for width in widths:
+                for index, width in enumerate(widths):
                     for estimator, style in (("uniform", "--"), ("importance", "-")):
                         pts = sorted((r["K"], r["fraction_of_exact"]) for r in exact
                                      if (r["regime"], r["width"], r["estimator"]) == (regime, width, estimator))
                         if pts:
-                            ax.plot(*zip(*pts), style, marker="o", label=f"{estimator} d={width}")
+                            ax.plot(*zip(*pts), style, marker="o", color=f"C{index}", label=f"{estimator} d={width}")
                 ax.axhline(1.0, color="k", lw=0.8)
                 ax.set_xscale("log")
                 ax.set_xlabel("K")
@@ -605,13 +605,14 @@ def _figures(rows):
             regimes = [g for g in ("trained", "broad") if any(r["regime"] == g for r in wide)]
             fig, axes = plt.subplots(1, len(regimes), figsize=(5 * len(regimes), 3.8), squeeze=False)
             for ax, regime in zip(axes[0], regimes):
-                for k in sorted({r["K"] for r in wide}):
+                for index, k in enumerate(sorted({r["K"] for r in wide})):
                     for estimator, style in (("uniform", "--"), ("importance", "-")):
                         pts = sorted((r["width"], r["fraction_of_log_order"]) for r in wide
                                      if (r["regime"], r["K"], r["estimator"]) == (regime, k, estimator))
                         if pts:
-                            ax.plot(*zip(*pts), style, marker="o", label=f"{estimator} K={k}")
+                            ax.plot(*zip(*pts), style, marker="o", color=f"C{index}", label=f"{estimator} K={k}")
                 ax.set_xscale("log")
+                ax.set_yscale("log")
                 ax.set_xlabel("width d")
                 ax.set_ylabel("bound on I / log d!")
                 ax.set_title(regime)
