@@ -15,9 +15,11 @@ Three diagnostics of a mean-field q over an MLP with hidden widths d_1..d_{L-1}:
   lower bound). With one hidden layer I_1 is the I(g; w) of Theorem 4.1; with several,
   sum_l I_l is not I in general.
 * **Collapsed units.** A unit whose whole block (incoming, bias, outgoing) sits on the prior
-  carries no information and is interchangeable with every other collapsed unit. We count units
-  whose KL(q_unit || prior) per weight is below ``threshold`` nats (default 0.1; a unit trained
-  to sigma ~ 0.03 under a unit-scale prior has about 3 nats per weight).
+  carries no information and is interchangeable with every other collapsed unit, so collapsed
+  units are where the copies of q overlap. We count units with KL(q_unit || prior) below
+  ``threshold`` nats in total (default 1: the unit's factor is hard to tell from the prior). On
+  a 100-unit MNIST MFVI posterior (prior scale 0.1, 1000 examples) the unit KLs were bimodal:
+  about half between 0.4 and 1.2 nats, the active ones 5-66 nats.
 * **Nearest equivalent mode.** Theorem 3.1 of Gelberg et al. (2024): for one hidden layer every
   w has a non-trivial g with ||w - g.w|| <= 2 (d_i + d_o + 1 + 1/d_h) / log(d_h / 2) ||w||.
   The distance is attained by a transposition of the two closest units: for one layer
@@ -187,16 +189,12 @@ def unit_kl(q: MeanFieldState, group: PermutationGroup, prior_scale: float = 1.0
 
 
 def collapsed_units(
-    q: MeanFieldState, group: PermutationGroup, prior_scale: float = 1.0, *, threshold: float = 0.1
+    q: MeanFieldState, group: PermutationGroup, prior_scale: float = 1.0, *, threshold: float = 1.0
 ) -> tuple[int, ...]:
-    """The number of units per hidden layer whose KL to the prior per weight is below ``threshold``."""
+    """The number of units per hidden layer whose KL(q_unit || prior) is below ``threshold`` nats."""
     if not (isinstance(threshold, (int, float, np.floating)) and threshold > 0):
-        raise ValueError(f"threshold must be a number > 0 (nats per weight), got {threshold!r}")
-    counts = []
-    for layer, kl in enumerate(unit_kl(q, group, prior_scale)):
-        size = permanent.unit_features(q.loc, group, layer).shape[1]
-        counts.append(int(jnp.sum(kl / size < threshold)))
-    return tuple(counts)
+        raise ValueError(f"threshold must be a number > 0 (nats), got {threshold!r}")
+    return tuple(int(jnp.sum(kl < threshold)) for kl in unit_kl(q, group, prior_scale))
 
 
 def nearest_equivalent_distance(params: ArrayTree, group: PermutationGroup) -> Array:
@@ -248,7 +246,7 @@ def report(
     prior_scale: float = 1.0,
     num_samples: int = 32,
     num_permutations: int = 20,
-    threshold: float = 0.1,
+    threshold: float = 1.0,
     exact_max_width: int = EXACT_MAX_WIDTH,
 ) -> SymmetryReport:
     """Per-layer I / log|G_l|, collapsed-unit counts and the nearest-mode distance of q's mean.

@@ -12,7 +12,7 @@ from symvi_jax.experiments import base, estimators
 DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "mnist.npz"
 
 TINY = [
-    "--num-train", "100", "--batch-size", "50", "--trained-epochs", "1", "--broad-steps", "1",
+    "--num-train", "100", "--batch-size", "50", "--trained-epochs", "1", "--broad-steps", "2",
     "--exact-widths", "[3]", "--num-permutations", "[2]", "--num-samples", "2", "--num-repeats", "1",
     "--wide-widths", "[]",
 ]

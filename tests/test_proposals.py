@@ -17,8 +17,9 @@ def all_log_probs(q, w, group, **config):
     return jax.jit(jax.vmap(lambda s: proposals.log_prob(q, w, group, s, **config)))(elements)
 
 
-@pytest.mark.parametrize("features", [(4, 2), (3, 2, 2)])
-@pytest.mark.parametrize("config", [dict(), dict(temperature=3.0), dict(num_iterations=0)])
+@pytest.mark.parametrize("features, config", [
+    ((4, 2), dict()), ((4, 2), dict(temperature=3.0)), ((4, 2), dict(num_iterations=0)), ((3, 2, 2), dict()),
+])
 def test_pmf_is_normalised_and_equivariant(features, config):
     q, group = random_q(10, 2, features)
     w = sample_q(0, q)

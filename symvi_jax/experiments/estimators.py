@@ -69,11 +69,12 @@ class Config:
     # part "train"
     train_widths: tuple[int, ...] = (100,)
     train_num_train: int = 1000
-    train_epochs: int = 30
-    train_init_scale: float = 1.0
+    train_epochs: int = 50
+    train_prior_scale: float = 0.1
+    train_init_scale: float = 0.1
     train_num_permutations: int = 20
     train_seeds: int = 3
-    train_learning_rate: float = 1e-3
+    train_learning_rate: float = 3e-3
     eval_num_permutations: int = 100
     eval_num_samples: int = 16
     predict_num_samples: int = 100
@@ -88,8 +89,8 @@ class Config:
         unknown = sorted(set(self.parts) - set(PARTS))
         if unknown or not self.parts:
             raise ValueError(f"config key 'parts' must be a non-empty subset of {PARTS}, got {self.parts}")
-        for key in ("prior_scale", "learning_rate", "trained_init_scale", "temperature", "train_init_scale",
-                    "train_learning_rate"):
+        for key in ("prior_scale", "learning_rate", "trained_init_scale", "temperature", "train_prior_scale",
+                    "train_init_scale", "train_learning_rate"):
             value = getattr(self, key)
             if not (math.isfinite(value) and value > 0):
                 raise ValueError(f"config key {key!r} must be > 0, got {value}")
@@ -148,16 +149,28 @@ def _init_params(key, width, in_features=784):
 def _train(keys, width, data, *, num_steps, batch_size, learning_rate, prior_scale, init_scale, objective_kwargs=None):
     """``num_steps`` minibatch steps of ``vi`` from a fresh init per key; one jitted, vmapped ``lax.scan``.
 
-    Returns the final q of every key, stacked on a leading axis.
+    Returns the final q of every key, stacked on a leading axis. The compiled program is cached
+    per configuration, with ``init_scale`` a traced argument, so the "trained" and "broad"
+    posteriors share it when their step counts agree.
     """
-    _, apply_fn = _model(width)
-    algorithm = vi.build(likelihoods.categorical(apply_fn), optax.adam(learning_rate), data_size=int(data[0].shape[0]),
-                         prior_scale=prior_scale, init_scale=init_scale, **(objective_kwargs or {}))
-    size = int(data[0].shape[0])
+    if num_steps == 0:
+        return jax.vmap(lambda key: meanfield.init(_init_params(jax.random.split(key)[0], width),
+                                                   init_scale=init_scale))(keys)
+    runner = _trainer(width, int(data[0].shape[0]), num_steps, batch_size, learning_rate, prior_scale,
+                      tuple(sorted((objective_kwargs or {}).items())))
+    return runner(keys, data, jnp.asarray(init_scale, jnp.float32))
 
-    def one(key, data):
+
+@functools.lru_cache(maxsize=None)
+def _trainer(width, size, num_steps, batch_size, learning_rate, prior_scale, objective_items):
+    _, apply_fn = _model(width)
+    optimizer = optax.adam(learning_rate)
+    algorithm = vi.build(likelihoods.categorical(apply_fn), optimizer, data_size=size, prior_scale=prior_scale,
+                         **dict(objective_items))
+
+    def one(key, data, init_scale):
         key_init, key_steps = jax.random.split(key)
-        state = algorithm.init(_init_params(key_init, width))
+        state = vi.init(_init_params(key_init, width), optimizer, init_scale=init_scale)
 
         def body(state, key):
             key_batch, key_step = jax.random.split(key)
@@ -169,7 +182,7 @@ def _train(keys, width, data, *, num_steps, batch_size, learning_rate, prior_sca
         state, _ = jax.lax.scan(body, state, jax.random.split(key_steps, num_steps))
         return state.params
 
-    return jax.jit(jax.vmap(one, in_axes=(0, None)))(keys, data)
+    return jax.jit(jax.vmap(one, in_axes=(0, None, None)))
 
 
 def _first(tree):
@@ -328,7 +341,7 @@ def _part_train(config: Config, train_all, test, key):
             key_elbo, key_sample, key_mi, key_pred = jax.random.split(key, 4)
             elbo, _ = jax.lax.map(lambda k: objectives.elbo(
                 k, q, data, loglikelihood_fn=loglik, data_size=config.train_num_train,
-                prior_scale=config.prior_scale, num_samples=1), jax.random.split(key_elbo, config.eval_num_samples))
+                prior_scale=config.train_prior_scale, num_samples=1), jax.random.split(key_elbo, config.eval_num_samples))
             mi = orbits.mutual_information_terms(
                 key_mi, q, meanfield.sample(key_sample, q, config.eval_num_samples), group,
                 num_permutations=config.eval_num_permutations, estimator="importance")
@@ -339,7 +352,7 @@ def _part_train(config: Config, train_all, test, key):
         for method in METHODS:
             start = time.perf_counter()
             qs = _train(seeds, width, data, num_steps=steps, batch_size=config.batch_size,
-                        learning_rate=config.train_learning_rate, prior_scale=config.prior_scale,
+                        learning_rate=config.train_learning_rate, prior_scale=config.train_prior_scale,
                         init_scale=config.train_init_scale, objective_kwargs=_objective_kwargs(method, group, config))
             jax.block_until_ready(qs)
             seconds = time.perf_counter() - start
@@ -351,7 +364,7 @@ def _part_train(config: Config, train_all, test, key):
                     part="train", method=method, seed=seed_index, width=width, num_train=config.train_num_train,
                     elbo=elbo, elbo_symmetrized=elbo + mi, mutual_information=mi,
                     mi_fraction=mi / group.log_order(), test_nll=nll, test_accuracy=accuracy,
-                    collapsed_units=diagnostics.collapsed_units(q, group, config.prior_scale)[0],
+                    collapsed_units=diagnostics.collapsed_units(q, group, config.train_prior_scale)[0],
                     train_seconds_all_seeds=seconds,
                 ))
     return rows
@@ -525,7 +538,8 @@ def _markdown(config: Config, rows, timings) -> str:
     train = [r for r in rows if r["part"] == "train"]
     if train:
         lines += ["## Training with each objective", "",
-                  f"{config.train_num_train} MNIST training examples, {config.train_epochs} epochs of batch "
+                  f"{config.train_num_train} MNIST training examples, prior N(0, {config.train_prior_scale}^2), "
+                  f"{config.train_epochs} epochs of batch "
                   f"{config.batch_size}, Adam lr {config.train_learning_rate}, sigma starts at "
                   f"{config.train_init_scale}, K = {config.train_num_permutations} for both symmetrized objectives, "
                   f"{config.train_seeds} seeds (mean +- standard error). L^G is reported as its lower bound "
