@@ -29,6 +29,7 @@ COMMANDS = {
     "mixture": "symvi_jax.experiments.mixture",
     "tractable": "symvi_jax.experiments.tractable",
     "mnist": "symvi_jax.experiments.mnist",
+    "estimators": "symvi_jax.experiments.estimators",
 }
 
 

@@ -127,13 +127,15 @@ def symmetrized_elbo(
     estimator: str = "infonce",
     chunk_size: Optional[int] = None,
     kl_estimator: str = "closed_form",
+    temperature: Optional[float] = None,
 ) -> tuple[Array, ObjectiveInfo]:
     """L^K = L + I^K, the ELBO of the symmetrized posterior q^G (see the module docstring).
 
     Args:
       group: the network's ``PermutationGroup``; the prior must be invariant under it.
-      num_permutations: K (``"infonce"``); None for ``"exact"``.
+      num_permutations: K (``"infonce"``, ``"importance"``); None for ``"exact"``.
       estimator: a name in ``orbits.ESTIMATORS``.
+      temperature: the proposal's tempering for ``estimator="importance"`` (None: 1).
       chunk_size: ``lax.map`` chunk size over group elements (None: vmap).
       kl_estimator: as in :func:`elbo`.
       Other arguments as in :func:`elbo`.
@@ -156,7 +158,8 @@ def symmetrized_elbo(
     expected_ll = _expected_loglikelihood(loglikelihood_fn, samples, batch, data_size)
     kl = _kl(q, samples, prior_scale, kl_estimator)
     terms = orbits.mutual_information_terms(
-        key_perm, q, samples, group, num_permutations=num_permutations, estimator=estimator, chunk_size=chunk_size
+        key_perm, q, samples, group, num_permutations=num_permutations, estimator=estimator, chunk_size=chunk_size,
+        temperature=temperature,
     )
     mutual_information = jnp.mean(terms)
     value = expected_ll - kl + mutual_information

@@ -18,8 +18,18 @@ estimates I:
   the closed-form H(q): both have the same expectation, but this form has zero variance when q is
   G-invariant (every term equals log q(w_s), so t_s = 0) and when the copies do not overlap
   (t_s = log K), where the closed form would carry the O(dim w) variance of log q(w_s).
-* ``"exact"`` -- t_s = log q(w_s) - log q^G(w_s) with q^G enumerated over all of G; only the
-  expectation over w is Monte Carlo.
+* ``"exact"`` -- t_s = log q(w_s) - log q^G(w_s) with q^G computed exactly; only the
+  expectation over w is Monte Carlo. For one hidden layer of width <= ``permanent.MAX_WIDTH``
+  the orbit sum is the permanent of the unit-compatibility matrix (``permanent``), computed by a
+  dynamic programme over subsets; otherwise G is enumerated (small groups only).
+* ``"importance"`` -- the importance-weighted bound. The K-1 elements are drawn per weight sample
+  from an equivariant proposal r(h | w) (``proposals``: Sinkhorn-balanced, slot-by-slot
+  matching of the units of w to q's factors, tempered by ``temperature``), the identity is kept
+  as the positive term and every term is weighted by (1/|G|) / r:
+
+      t_s = log q(w_s) - log[(1/K) (q(w_s) / (|G| r(e|w_s)) + sum_{k<K} q(h_k^{-1}.w_s) / (|G| r(h_k|w_s)))].
+
+  With uniform r this is ``"infonce"``. See :func:`importance_terms` for why E[t_s] <= I.
 
 Everything that runs over group elements is vmapped; pass ``chunk_size`` to run it through
 ``jax.lax.map`` in chunks of that many elements instead, which bounds memory.
@@ -33,13 +43,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from symvi_jax import meanfield
+from symvi_jax import meanfield, permanent, proposals
 from symvi_jax.meanfield import MeanFieldState
 from symvi_jax.symmetry import PermutationGroup
 from symvi_jax.types import Array, ArrayTree, Permutation, PRNGKey
 
 __all__ = [
     "ESTIMATORS",
+    "TEMPERED_ESTIMATORS",
+    "importance_terms",
+    "uses_permanent",
     "orbit_log_probs",
     "symmetrized_log_prob",
     "mutual_information",
@@ -109,34 +122,150 @@ def _infonce_terms(rng_key, q, samples, group, *, num_permutations, chunk_size):
     return log_q - log_mean
 
 
+def uses_permanent(group: PermutationGroup) -> bool:
+    """Whether ``estimator="exact"`` takes the permanent path: one hidden layer, width <= MAX_WIDTH."""
+    return group.num_hidden_layers == 1 and group.widths[0] <= permanent.MAX_WIDTH
+
+
+#: The permanent's DP holds 2^d values per sample; above this width the samples are mapped one
+#: chunk at a time (``chunk_size``, default 1) instead of all at once.
+_PERMANENT_VMAP_WIDTH = 12
+
+
 def _exact_terms(rng_key, q, samples, group, *, num_permutations, chunk_size):
     del rng_key
     order = group.order()
     if num_permutations is not None and num_permutations != order:
         raise ValueError(
-            f"estimator='exact' enumerates all |G| = {order} elements; num_permutations must be None "
+            f"estimator='exact' sums over all |G| = {order} elements; num_permutations must be None "
             f"(or {order}), got {num_permutations}"
         )
     log_q = meanfield.log_prob(q, samples)
-    log_qg = jax.vmap(lambda w: symmetrized_log_prob(q, w, group, chunk_size=chunk_size))(samples)
+    if uses_permanent(group):
+        one = lambda w: permanent.symmetrized_log_prob(q, w, group)  # noqa: E731
+        if group.widths[0] <= _PERMANENT_VMAP_WIDTH and chunk_size is None:
+            log_qg = jax.vmap(one)(samples)
+        else:
+            log_qg = jax.lax.map(one, samples, batch_size=chunk_size or 1)
+    else:
+        log_qg = jax.vmap(lambda w: symmetrized_log_prob(q, w, group, chunk_size=chunk_size))(samples)
     return log_q - log_qg
 
 
+def importance_terms(
+    rng_key: PRNGKey,
+    q: MeanFieldState,
+    samples: ArrayTree,
+    group: PermutationGroup,
+    *,
+    num_permutations: int,
+    chunk_size: Optional[int] = None,
+    temperature: float = 1.0,
+    num_iterations: int = proposals.SINKHORN_ITERATIONS,
+) -> Array:
+    """Per-sample terms of the importance-weighted bound on I(g; w) (``estimator="importance"``).
+
+    For each weight sample w_s, K-1 assignments sigma_k = h_k^{-1} are drawn from the proposal
+    r(. | w_s) of ``proposals`` and
+
+        t_s = log q(w_s) - [logsumexp_{k=0}^{K-1} (log q(sigma_k.w_s) - log|G| - log r(sigma_k | w_s)) - log K],
+
+    with sigma_0 = e the positive term, its r(e | w_s) evaluated exactly.
+
+    Why E[t_s] <= I(g; w) (an importance-weighted hierarchical VI bound; Sobolev & Vetrov, 2019).
+    Under q^G(g, w) = q(g^{-1}.w)/|G| the posterior of g given w is p(g|w) = q^G(g, w)/q^G(w).
+    For any r, with g_0 ~ p(.|w) and g_1..g_{K-1} ~ r(.|w) i.i.d.,
+
+        log q^G(w) <= E[ log (1/K) sum_{k=0}^{K-1} q^G(g_k, w) / r(g_k | w) ],
+
+    because the symmetrised law (1/K) sum_j p(g_j|w) prod_{k != j} r(g_k|w) equals
+    prod_k r(g_k|w) * (1/K) sum_k p(g_k|w)/r(g_k|w), a normalised density, so the gap is a KL
+    divergence >= 0. Average over w ~ q^G (E_{q^G} log q^G = E_q log q^G, as q^G is invariant)
+    and write (g_0, w) ~ q^G(g, w) as w = g_0.w' with w' ~ q, g_0 uniform. If r is equivariant,
+    r(g_k | g_0.w') = r(g_0^{-1} g_k | w'), so h_k = g_0^{-1} g_k ~ r(. | w') i.i.d. and
+    q(g_k^{-1}.w) = q(h_k^{-1}.w'), while the k = 0 term becomes h_0 = e:
+
+        E_q[log q^G(w)] <= E_{w ~ q, h_k ~ r(.|w)}[ log (1/K) (q(w)/(|G| r(e|w)) + sum_{k>0} q(h_k^{-1}.w)/(|G| r(h_k|w))) ].
+
+    Subtracting from E_q[log q(w)] gives E[t_s] <= I. The bound holds in expectation over w
+    and the draws, not for each w. Uniform r recovers Theorem 4.3 (``"infonce"``); if r is the
+    exact posterior every weight equals q^G(w) and t_s = log q(w_s) - log q^G(w_s) exactly.
+
+    Gradients. The assignments are discrete and r is built from ``stop_gradient(q)`` and
+    ``stop_gradient(w_s)``: log r(sigma_k | w_s) enters as a constant and no score-function term
+    is formed. Gradients flow by reparameterisation through w_s and q in log q(w_s) and every
+    log q(sigma_k.w_s), weighted by the self-normalised importance weights. For uniform r this
+    is the exact gradient of the paper's bound; when r equals the posterior it is unbiased for
+    the gradient of I (the dropped terms have expectation zero); in between it is a biased,
+    low-variance estimate of the bound's gradient. The value is a valid bound in every case.
+
+    Args:
+      rng_key: randomness for the proposals (one stream per weight sample).
+      q: the mean-field state.
+      samples: weight samples with a leading axis S.
+      group: the permutation group.
+      num_permutations: K, counting the identity.
+      chunk_size: ``lax.map`` chunk size over the K-1 proposed elements (None: vmap).
+      temperature: the proposal's tempering T > 0 (``proposals``).
+      num_iterations: Sinkhorn iterations of the proposal.
+    """
+    k = num_permutations
+    log_q = meanfield.log_prob(q, samples)  # (S,)
+    q_fixed = jax.lax.stop_gradient(q)
+    num_samples = log_q.shape[0]
+    config = dict(temperature=temperature, num_iterations=num_iterations)
+
+    def per_sample(key, w, log_q_w):
+        w_fixed = jax.lax.stop_gradient(w)
+        log_r_identity = proposals.log_prob(q_fixed, w_fixed, group, group.identity(), **config)
+        # log weights relative to q(w_s): t_s = log|G| + log K - logsumexp(relative)
+        relative = [jnp.reshape(-log_r_identity, (1,))]
+        if k > 1:
+            assignments, log_r = proposals.sample(key, q_fixed, w_fixed, group, k - 1, **config)
+            others = map_over(lambda sigma: meanfield.log_prob(q, group.act(sigma, w)), assignments, chunk_size)
+            relative.append(others - log_q_w - log_r)
+        return group.log_order() + jnp.log(k) - jax.nn.logsumexp(jnp.concatenate(relative))
+
+    keys = jax.random.split(rng_key, num_samples)
+    return jax.vmap(per_sample)(keys, samples, log_q)
+
+
+def _importance_terms(rng_key, q, samples, group, *, num_permutations, chunk_size, temperature=None):
+    if temperature is None:
+        temperature = 1.0
+    return importance_terms(rng_key, q, samples, group, num_permutations=num_permutations, chunk_size=chunk_size,
+                            temperature=temperature)
+
+
 #: Estimators of I(g; w) by name; each maps (rng_key, q, samples, group, *, num_permutations,
-#: chunk_size) to one term per weight sample.
+#: chunk_size) to one term per weight sample. Estimators with a tunable proposal also take
+#: ``temperature`` (passed only when the caller sets it).
 ESTIMATORS: dict[str, Callable] = {
     "infonce": _infonce_terms,
     "exact": _exact_terms,
+    "importance": _importance_terms,
 }
 
+#: The estimators that accept ``temperature``.
+TEMPERED_ESTIMATORS = ("importance",)
 
-def _check_estimator(estimator: str, num_permutations) -> None:
+
+def _check_estimator(estimator: str, num_permutations, temperature=None) -> None:
     if estimator not in ESTIMATORS:
         raise ValueError(f"estimator must be one of {sorted(ESTIMATORS)}, got {estimator!r}")
     if estimator != "exact" and (
         not isinstance(num_permutations, (int, np.integer)) or isinstance(num_permutations, bool) or num_permutations < 1
     ):
         raise ValueError(f"num_permutations (K) must be a positive int, got {num_permutations!r}")
+    if temperature is not None:
+        if estimator not in TEMPERED_ESTIMATORS:
+            raise ValueError(
+                f"temperature only applies to estimator in {TEMPERED_ESTIMATORS}, got estimator={estimator!r}"
+            )
+        if isinstance(temperature, bool) or not isinstance(temperature, (int, float, np.floating)) or not (
+            np.isfinite(temperature) and temperature > 0
+        ):
+            raise ValueError(f"temperature must be a finite number > 0, got {temperature!r}")
 
 
 def mutual_information_terms(
@@ -148,16 +277,19 @@ def mutual_information_terms(
     num_permutations: Optional[int],
     estimator: str = "infonce",
     chunk_size: Optional[int] = None,
+    temperature: Optional[float] = None,
 ) -> Array:
     """Per-sample terms t_s (see the module docstring) for weight samples with a leading axis S.
 
-    The objectives call this with the same samples they use for the likelihood.
+    The objectives call this with the same samples they use for the likelihood. ``temperature``
+    is the proposal's tempering for ``"importance"`` (None: its default, 1).
     """
-    _check_estimator(estimator, num_permutations)
+    _check_estimator(estimator, num_permutations, temperature)
     if not group.widths:  # no hidden layer: G is trivial and I(g; w) = 0
         return jnp.zeros(jax.tree.leaves(samples)[0].shape[:1])
+    extra = {} if temperature is None else {"temperature": temperature}
     return ESTIMATORS[estimator](
-        rng_key, q, samples, group, num_permutations=num_permutations, chunk_size=chunk_size
+        rng_key, q, samples, group, num_permutations=num_permutations, chunk_size=chunk_size, **extra
     )
 
 
@@ -170,6 +302,7 @@ def mutual_information(
     num_permutations: Optional[int] = None,
     estimator: str = "infonce",
     chunk_size: Optional[int] = None,
+    temperature: Optional[float] = None,
 ) -> Array:
     """Monte Carlo estimate of I(g; w) under q^G(g, w) = q(g^{-1}.w) / |G|, from S draws of q.
 
@@ -178,17 +311,19 @@ def mutual_information(
       q: the mean-field state.
       group: the permutation group of the network.
       num_samples: S, weight samples w_s ~ q.
-      num_permutations: K (the identity counts as one of them) for ``"infonce"``; must be None
-        for ``"exact"``.
+      num_permutations: K (the identity counts as one of them) for ``"infonce"`` and
+        ``"importance"``; must be None for ``"exact"``.
       estimator: one of ``ESTIMATORS``.
       chunk_size: chunk size for ``lax.map`` over group elements; None vmaps all at once.
+      temperature: the proposal's tempering, ``"importance"`` only (None: 1).
     """
     if not isinstance(num_samples, (int, np.integer)) or num_samples < 1:
         raise ValueError(f"num_samples (S) must be a positive int, got {num_samples!r}")
-    _check_estimator(estimator, num_permutations)
+    _check_estimator(estimator, num_permutations, temperature)
     key_sample, key_perm = jax.random.split(rng_key)
     samples = meanfield.sample(key_sample, q, num_samples)
     terms = mutual_information_terms(
-        key_perm, q, samples, group, num_permutations=num_permutations, estimator=estimator, chunk_size=chunk_size
+        key_perm, q, samples, group, num_permutations=num_permutations, estimator=estimator, chunk_size=chunk_size,
+        temperature=temperature,
     )
     return jnp.mean(terms)

@@ -125,6 +125,7 @@ def build(
     chunk_size: Optional[int] = None,
     skip_nonfinite: bool = False,
     track_grad_norm: bool = True,
+    temperature: Optional[float] = None,
 ) -> VIAlgorithm:
     """Bind a likelihood, an optimiser and the objective's configuration once.
 
@@ -151,6 +152,7 @@ def build(
       track_grad_norm: report the gradient's global norm in ``info.grad_norm``. The extra pass
         over the gradient stops XLA from fusing it into the optimiser update; at width 1024 on a
         CPU it costs about 10% of a step (``benchmarks/peers.py``). With False it is NaN.
+      temperature: the proposal's tempering for ``estimator="importance"`` (None: 1).
     """
     if not callable(loglikelihood_fn):
         raise ValueError(f"loglikelihood_fn must be callable (params, batch) -> Array[M], got {type(loglikelihood_fn).__name__}")
@@ -181,12 +183,13 @@ def build(
             num_permutations=num_permutations,
             estimator=estimator,
             chunk_size=chunk_size,
+            temperature=temperature,
         )
     else:
         raise ValueError(f"objective must be 'elbo', 'symmetrized_elbo' or a callable, got {objective!r}")
     # Validate the configuration eagerly, before anything is traced.
     _check_config(objective, data_size, num_samples, num_permutations, estimator, prior_scale, init_scale, group,
-                  chunk_size)
+                  chunk_size, temperature)
     for name, flag in (("skip_nonfinite", skip_nonfinite), ("track_grad_norm", track_grad_norm)):
         if not isinstance(flag, bool):
             raise ValueError(f"{name} must be True or False, got {flag!r}")
@@ -205,7 +208,7 @@ def build(
 
 
 def _check_config(objective, data_size, num_samples, num_permutations, estimator, prior_scale, init_scale, group,
-                  chunk_size):
+                  chunk_size, temperature=None):
     objectives._check_positive_int(data_size, "data_size")
     objectives._check_positive_int(num_samples, "num_samples")
     meanfield._check_positive(prior_scale, "prior_scale")
@@ -215,10 +218,10 @@ def _check_config(objective, data_size, num_samples, num_permutations, estimator
     if objective == "symmetrized_elbo":
         if not isinstance(group, PermutationGroup):
             raise ValueError(f"group must be a PermutationGroup, got {type(group).__name__}")
-        orbits._check_estimator(estimator, num_permutations)
+        orbits._check_estimator(estimator, num_permutations, temperature)
         if estimator == "exact" and num_permutations is not None and num_permutations != group.order():
             raise ValueError(
-                f"estimator='exact' enumerates all |G| = {group.order()} elements; num_permutations must be "
+                f"estimator='exact' sums over all |G| = {group.order()} elements; num_permutations must be "
                 f"None (or {group.order()}), got {num_permutations}"
             )
         if isinstance(prior_scale, Mapping) and not group.is_invariant(prior_scale):
@@ -226,6 +229,8 @@ def _check_config(objective, data_size, num_samples, num_permutations, estimator
                 "prior_scale is not invariant under the permutation group: every unit of a hidden layer must "
                 "share its prior scales, otherwise the symmetrized ELBO is not a bound"
             )
+    elif temperature is not None:
+        raise ValueError("temperature applies to objective='symmetrized_elbo' with estimator='importance' only")
 
 
 def init(params: ArrayTree, optimizer: optax.GradientTransformation, *, init_scale: float) -> VIState:

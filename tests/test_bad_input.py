@@ -78,7 +78,7 @@ def test_fit_rejects(tmp_path, setup, case, change, message):
 
 
 def test_build_rejects_k_larger_than_the_group_with_the_exact_estimator(setup):
-    with pytest.raises(ValueError, match=r"enumerates all \|G\| = 24 elements; num_permutations must be None"):
+    with pytest.raises(ValueError, match=r"sums over all \|G\| = 24 elements; num_permutations must be None"):
         vi.build(setup["loglik"], optax.adam(1e-2), data_size=16, objective="symmetrized_elbo", group=setup["group"],
                  estimator="exact", num_permutations=25)
     vi.build(setup["loglik"], optax.adam(1e-2), data_size=16, objective="symmetrized_elbo", group=setup["group"],

@@ -84,7 +84,7 @@ def test_monte_carlo_kl_option(setup, next_key):
         ({"prior_scale": 0.0}, "prior_scale"),
         ({"prior_scale": -1.0}, "prior_scale"),
         ({"estimator": "uniform"}, "estimator must be one of"),
-        ({"estimator": "exact", "num_permutations": 10_000}, "enumerates all"),
+        ({"estimator": "exact", "num_permutations": 10_000}, "sums over all"),
         ({"group": "S_4"}, "PermutationGroup"),
     ],
 )

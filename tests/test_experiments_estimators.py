@@ -1,0 +1,73 @@
+"""A seconds-long run of ``symvi-jax estimators`` on tiny settings, checking what it writes."""
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from symvi_jax import cli
+from symvi_jax.experiments import base, estimators
+
+DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "mnist.npz"
+
+TINY = [
+    "--num-train", "100", "--batch-size", "50", "--trained-epochs", "1", "--broad-steps", "2",
+    "--exact-widths", "[3]", "--num-permutations", "[2]", "--num-samples", "2", "--num-repeats", "1",
+    "--wide-widths", "[]",
+]
+
+
+def _data_flag():
+    if not DATA.is_file():
+        pytest.skip(f"MNIST not found at {DATA}")
+    return ["--data-path", str(DATA)]
+
+
+def test_estimators_command_writes_results(tmp_path):
+    out = tmp_path / "run"
+    code = cli.main(["estimators", "--out", str(out), "--parts", "[exact, distance]", *TINY, *_data_flag()])
+    assert code == 0
+    payload = json.loads((out / "results.json").read_text())
+    assert payload["config"]["exact_widths"] == [3]
+    rows = payload["rows"]
+    exact = [r for r in rows if r["part"] == "exact"]
+    assert {(r["regime"], r["estimator"], r["K"]) for r in exact} == {
+        (g, e, 2) for g in ("trained", "broad") for e in ("uniform", "importance")}
+    for r in exact:
+        assert set(r) >= {"width", "exact_mi", "exact_se", "log_order", "estimate", "relative_bias", "spread",
+                          "fraction_of_exact"}
+        assert 0.0 <= r["exact_mi"] <= r["log_order"] + 1e-9
+        assert r["estimate"] <= math.log(2) + 1e-6 or r["estimator"] == "importance"
+    distance = [r for r in rows if r["part"] == "distance"]
+    assert {r["regime"] for r in distance} == {"init", "broad", "trained"}
+    assert all(r["distance"] > 0 for r in distance)
+    markdown = (out / "results.md").read_text()
+    assert "Against the exact I" in markdown and "nearest equivalent mode" in markdown
+    assert (out / "exact.png").stat().st_size > 0 and (out / "distance.png").stat().st_size > 0
+
+
+def test_config_validation_and_missing_data(tmp_path):
+    with pytest.raises(ValueError, match="parts"):
+        base.config_from_dict(estimators.Config, {"parts": ["nope"]})
+    with pytest.raises(ValueError, match="exact_widths"):
+        base.config_from_dict(estimators.Config, {"exact_widths": [30]})
+    with pytest.raises(ValueError, match="data_path"):
+        estimators.run(base.config_from_dict(estimators.Config, {"parts": ["exact"],
+                                                                 "data_path": str(tmp_path / "none.npz")}))
+    # the shipped config is valid
+    config = base.load_config(estimators.Config, str(Path(__file__).resolve().parents[1] / "configs" / "estimators.yaml"))
+    assert config.parts == estimators.PARTS
+
+
+@pytest.mark.slow
+def test_train_and_overhead_parts_run(tmp_path):
+    out = tmp_path / "train"
+    code = cli.main(["estimators", "--out", str(out), "--parts", "[train, overhead]", "--train-widths", "[6]",
+                     "--train-num-train", "100", "--batch-size", "50", "--train-epochs", "1", "--train-seeds", "2",
+                     "--eval-num-permutations", "3", "--eval-num-samples", "2", "--predict-num-samples", "10",
+                     "--overhead-width", "16", "--overhead-rounds", "1", "--overhead-steps", "2", *_data_flag()])
+    assert code == 0
+    rows = json.loads((out / "results.json").read_text())["rows"]
+    assert {r["method"] for r in rows if r["part"] == "train"} == {"mfvi", "uniform", "importance"}
+    assert {r["method"] for r in rows if r["part"] == "overhead"} == {"mfvi", "uniform", "importance"}
