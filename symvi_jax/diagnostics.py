@@ -35,7 +35,7 @@ Three diagnostics of a mean-field q over an MLP with hidden widths d_1..d_{L-1}:
 from __future__ import annotations
 
 import math
-from typing import NamedTuple, Optional
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp

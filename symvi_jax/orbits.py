@@ -53,6 +53,7 @@ __all__ = [
     "TEMPERED_ESTIMATORS",
     "importance_terms",
     "uses_permanent",
+    "assignment_log_ratios",
     "orbit_log_probs",
     "symmetrized_log_prob",
     "mutual_information",
@@ -69,6 +70,67 @@ def map_over(fn: Callable, xs, chunk_size: Optional[int] = None):
     return jax.lax.map(fn, xs, batch_size=int(chunk_size))
 
 
+def _own_blocks(tree: ArrayTree, group: PermutationGroup, layer: int) -> bool:
+    """Whether hidden layer ``layer`` has leaves that move with its permutation alone."""
+    names, last = group.layer_names, group.num_hidden_layers - 1
+    inner = tree["params"] if set(tree) == {"params"} else tree
+    lower, upper = inner.get(names[layer], {}), inner.get(names[layer + 1], {})
+    return (layer == 0 and "kernel" in lower) or "bias" in lower or (layer == last and "kernel" in upper)
+
+
+def assignment_log_ratios(
+    q: MeanFieldState,
+    params: ArrayTree,
+    assignments: Permutation,
+    group: PermutationGroup,
+    *,
+    chunk_size: Optional[int] = None,
+) -> Array:
+    """log q(sigma_k.w) - log q(w) for every stacked element sigma_k (leading axis K).
+
+    No permuted copy of w is formed for the leaves that move with one layer's permutation alone:
+    hidden layer l's bias, and the incoming kernel columns of the first hidden layer and the
+    outgoing rows of the last. Their contribution is a sum over slots of a d_l x d_l matrix
+    A_l[i, j] = log f_i(u_j) (the density of slot i's factor at unit j; ``permanent``), built with
+    one matrix product,
+
+        log q(sigma.w) - log q(w) = sum_l sum_i (A_l[i, sigma_l(i)] - A_l[i, i])
+                                    + sum_{kernels W between two hidden layers} [log q_W(W[sigma_{l-1}][:, sigma_l]) - log q_W(W)],
+
+    and only the kernels between two hidden layers are gathered once per element (vmapped, or
+    ``lax.map`` in chunks of ``chunk_size``). Everything not moved by G cancels.
+    """
+    names = group.layer_names
+    sigma_tree = meanfield.scale(q)
+    total = 0.0
+    for layer in range(group.num_hidden_layers):
+        if not _own_blocks(params, group, layer):
+            continue
+        blocks = dict(incoming=layer == 0, outgoing=layer == group.num_hidden_layers - 1)
+        x = permanent.unit_features(params, group, layer, **blocks)
+        loc = permanent.unit_features(q.loc, group, layer, **blocks)
+        scale = permanent.unit_features(sigma_tree, group, layer, **blocks)
+        log_a = permanent._density_matrix(x, loc, scale)
+        delta = log_a - jnp.diag(log_a)[:, None]  # A[i, j] - A[i, i]
+        slots = jnp.arange(log_a.shape[0])
+        total = total + jnp.sum(delta[slots, assignments[layer]], axis=-1)
+    inner_w = params["params"] if set(params) == {"params"} else params
+    inner_m = q.loc["params"] if set(q.loc) == {"params"} else q.loc
+    inner_s = sigma_tree["params"] if set(sigma_tree) == {"params"} else sigma_tree
+    for layer in range(1, group.num_hidden_layers):  # Dense_layer joins hidden layers layer-1 and layer
+        name = names[layer]
+        if "kernel" not in inner_w.get(name, {}):
+            continue
+        kernel, loc, scale = inner_w[name]["kernel"], inner_m[name]["kernel"], inner_s[name]["kernel"]
+
+        def moved(rows, cols, kernel=kernel, loc=loc, scale=scale):
+            permuted = jnp.take(jnp.take(kernel, rows, axis=0), cols, axis=1)
+            return -0.5 * jnp.sum(jnp.square((permuted - loc) / scale) - jnp.square((kernel - loc) / scale))
+
+        total = total + map_over(lambda pair: moved(*pair), (assignments[layer - 1], assignments[layer]), chunk_size)
+    return total
+
+
 def orbit_log_probs(
     q: MeanFieldState,
     params: ArrayTree,
@@ -77,12 +139,12 @@ def orbit_log_probs(
     *,
     chunk_size: Optional[int] = None,
 ) -> Array:
-    """log q(g_k^{-1}.w) for every element g_k stacked in ``elements`` (leading axis K)."""
+    """log q(g_k^{-1}.w) for every element g_k stacked in ``elements`` (leading axis K).
 
-    def one(g):
-        return meanfield.log_prob(q, group.act(group.inverse(g), params))
-
-    return map_over(one, elements, chunk_size)
+    Computed as log q(w) + ``assignment_log_ratios`` at sigma_k = g_k^{-1}.
+    """
+    ratios = assignment_log_ratios(q, params, group.inverse(elements), group, chunk_size=chunk_size)
+    return meanfield.log_prob(q, params) + ratios
 
 
 def symmetrized_log_prob(
@@ -100,26 +162,26 @@ def symmetrized_log_prob(
     Raises:
       ValueError: if G is too large to enumerate (see ``PermutationGroup.elements``).
     """
-    log_terms = map_over(lambda g: meanfield.log_prob(q, group.act(g, params)), group.elements(), chunk_size)
-    return jax.nn.logsumexp(log_terms) - group.log_order()
+    ratios = assignment_log_ratios(q, params, group.elements(), group, chunk_size=chunk_size)
+    return meanfield.log_prob(q, params) + jax.nn.logsumexp(ratios) - group.log_order()
 
 
 # ---- estimators: fn(rng_key, q, samples, group, *, num_permutations, chunk_size) -> Array[S] --------
 
 
 def _infonce_terms(rng_key, q, samples, group, *, num_permutations, chunk_size):
+    """t_s = log K - logsumexp(0, log q(g_j^{-1}.w_s) - log q(w_s), j < K), the g_j shared by all s."""
     k = num_permutations
-    log_q = meanfield.log_prob(q, samples)  # (S,)
+    num_samples = jax.tree.leaves(samples)[0].shape[0]
     if k == 1:
-        return jnp.zeros_like(log_q)
-    elements = group.sample(rng_key, k - 1)  # shared by every weight sample
+        return jnp.zeros((num_samples,), dtype=jax.tree.leaves(samples)[0].dtype)
+    inverses = group.inverse(group.sample(rng_key, k - 1))  # shared by every weight sample
 
     def per_sample(w):
-        return orbit_log_probs(q, w, elements, group, chunk_size=chunk_size)
+        return assignment_log_ratios(q, w, inverses, group, chunk_size=chunk_size)
 
-    others = jax.vmap(per_sample)(samples)  # (S, K-1)
-    log_mean = jax.nn.logsumexp(jnp.concatenate([log_q[:, None], others], axis=1), axis=1) - jnp.log(k)
-    return log_q - log_mean
+    ratios = jax.vmap(per_sample)(samples)  # (S, K-1)
+    return jnp.log(k) - jax.nn.logsumexp(jnp.concatenate([jnp.zeros_like(ratios[:, :1]), ratios], axis=1), axis=1)
 
 
 def uses_permanent(group: PermutationGroup) -> bool:
@@ -210,24 +272,22 @@ def importance_terms(
       num_iterations: Sinkhorn iterations of the proposal.
     """
     k = num_permutations
-    log_q = meanfield.log_prob(q, samples)  # (S,)
     q_fixed = jax.lax.stop_gradient(q)
-    num_samples = log_q.shape[0]
+    num_samples = jax.tree.leaves(samples)[0].shape[0]
     config = dict(temperature=temperature, num_iterations=num_iterations)
 
-    def per_sample(key, w, log_q_w):
+    def per_sample(key, w):
         w_fixed = jax.lax.stop_gradient(w)
         log_r_identity = proposals.log_prob(q_fixed, w_fixed, group, group.identity(), **config)
         # log weights relative to q(w_s): t_s = log|G| + log K - logsumexp(relative)
         relative = [jnp.reshape(-log_r_identity, (1,))]
         if k > 1:
             assignments, log_r = proposals.sample(key, q_fixed, w_fixed, group, k - 1, **config)
-            others = map_over(lambda sigma: meanfield.log_prob(q, group.act(sigma, w)), assignments, chunk_size)
-            relative.append(others - log_q_w - log_r)
+            relative.append(assignment_log_ratios(q, w, assignments, group, chunk_size=chunk_size) - log_r)
         return group.log_order() + jnp.log(k) - jax.nn.logsumexp(jnp.concatenate(relative))
 
     keys = jax.random.split(rng_key, num_samples)
-    return jax.vmap(per_sample)(keys, samples, log_q)
+    return jax.vmap(per_sample)(keys, samples)
 
 
 def _importance_terms(rng_key, q, samples, group, *, num_permutations, chunk_size, temperature=None):

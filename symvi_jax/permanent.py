@@ -29,9 +29,11 @@ A is built with one matrix product: for diagonal Gaussian factors with means m_i
     A[i, j] = sum_c [ -x_jc^2 / (2 s_ic^2) + x_jc m_ic / s_ic^2 ] + const_i
             = ([x^2, x] @ [-1 / (2 s^2), m / s^2]^T)[j, i] + const_i.
 
-Precision: the expansion cancels large terms when |m| >> s; the error of an entry is about
-eps * sum_c (m_ic / s_ic)^2 (eps = 6e-8 in float32, 1e-16 in float64), negligible for trained
-MNIST nets (|m| / s ~ 10) but not for extreme ratios. ``method="pairwise"`` forms the differences
+Precision: the expansion cancels large terms when |x - c| >> s, with c the mean slot that both
+sides are centred on first; the error of an off-diagonal entry is about
+eps * sum_c ((x_jc - c_c) / s_ic)^2 (eps = 6e-8 in float32, 1e-16 in float64), small next to the
+entry itself unless units j and i nearly coincide far from the mean slot. The diagonal (the
+identity's term) is always formed directly. ``method="pairwise"`` forms the differences
 x_jc - m_ic directly instead, exact to rounding at O(d^2 C) memory; the exact q^G below uses it
 (the permanent only reaches widths where that is small). Use float64 for ground truth.
 """
@@ -115,18 +117,27 @@ def unit_features(
 
 
 def _density_matrix(x: Array, loc: Array, sigma: Array, method: str = "matmul") -> Array:
-    """A[i, j] = sum_c log N(x[j, c]; loc[i, c], sigma[i, c]^2), by one matrix product or pairwise."""
+    """A[i, j] = sum_c log N(x[j, c]; loc[i, c], sigma[i, c]^2), by one matrix product or pairwise.
+
+    ``x`` and ``loc`` index the same units, so the diagonal A[i, i] (which carries log q(w)
+    itself) is always formed from the differences directly. Off the diagonal, ``"matmul"``
+    expands the square into one matrix product after centring x and loc on the mean slot, which
+    leaves every difference unchanged and keeps the cancellation error small relative to them.
+    """
+    const = jnp.sum(-jnp.log(sigma) - _HALF_LOG_2PI, axis=1)
     if method == "pairwise":
         z = (x[None, :, :] - loc[:, None, :]) / sigma[:, None, :]  # (slots, units, C)
-        const = jnp.sum(-jnp.log(sigma) - _HALF_LOG_2PI, axis=1)
         return -0.5 * jnp.sum(jnp.square(z), axis=2) + const[:, None]
     if method != "matmul":
         raise ValueError(f"method must be 'matmul' or 'pairwise', got {method!r}")
     precision = 1.0 / jnp.square(sigma)
-    left = jnp.concatenate([jnp.square(x), x], axis=1)  # (d, 2C) units
-    right = jnp.concatenate([-0.5 * precision, loc * precision], axis=1)  # (d, 2C) slots
-    const = jnp.sum(-0.5 * jnp.square(loc) * precision - jnp.log(sigma) - _HALF_LOG_2PI, axis=1)
-    return right @ left.T + const[:, None]
+    centre = jax.lax.stop_gradient(jnp.mean(loc, axis=0))
+    u, m = x - centre, loc - centre
+    left = jnp.concatenate([jnp.square(u), u], axis=1)  # (d, 2C) units
+    right = jnp.concatenate([-0.5 * precision, m * precision], axis=1)  # (d, 2C) slots
+    off = right @ left.T + (const - 0.5 * jnp.sum(jnp.square(m) * precision, axis=1))[:, None]
+    diag = -0.5 * jnp.sum(jnp.square(x - loc) * precision, axis=1) + const
+    return jnp.where(jnp.eye(x.shape[0], dtype=bool), diag[:, None], off)
 
 
 def unit_log_density_matrix(

@@ -114,7 +114,6 @@ def ece(probs: Array, labels: Array, *, num_bins: int = 15) -> Array:
     confidence = jnp.max(probs, axis=-1)
     correct = (jnp.argmax(probs, axis=-1) == labels).astype(probs.dtype)
     bins = jnp.clip(jnp.ceil(confidence * num_bins).astype(jnp.int32) - 1, 0, num_bins - 1)
-    count = jnp.zeros(num_bins).at[bins].add(1.0)
     conf_sum = jnp.zeros(num_bins).at[bins].add(confidence)
     correct_sum = jnp.zeros(num_bins).at[bins].add(correct)
     return jnp.sum(jnp.abs(correct_sum - conf_sum)) / probs.shape[0]

@@ -14,7 +14,6 @@ import optax
 import pytest
 
 from symvi_jax import MLP, PermutationGroup, cli, likelihoods, meanfield, nets, predict, vi
-from symvi_jax.experiments import base
 from fixtures import make_mlp
 
 
@@ -172,7 +171,7 @@ CLI_CASES = [
     (["--hidden", "[three]"], "'hidden' must be an integer"),
     (["--num-classes", "1"], "'num_classes' must be >= 2"),
     (["--objective", "elbo_g"], "'objective' must be one of ['elbo', 'symmetrized_elbo']"),
-    (["--estimator", "exakt"], "'estimator' must be one of ['exact', 'infonce']"),
+    (["--estimator", "exakt"], "'estimator' must be one of ['exact', 'importance', 'infonce']"),
     (["--num-permutations", "0"], "'num_permutations' must be >= 1 or null"),
     (["--checkpoint-every", "0"], "'checkpoint_every' must be >= 1 or null"),
     (["--seed", "-1"], "'seed' must be in [0, 2**32)"),

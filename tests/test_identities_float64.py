@@ -172,3 +172,21 @@ def test_predictions_of_q_and_q_G_agree(next_key):
     out = jax.vmap(lambda w: model.apply({"params": w}, x))(samples)
     out_g = jax.vmap(lambda g, w: model.apply({"params": group.act(g, w)}, x))(gs, samples)
     np.testing.assert_allclose(out_g, out, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("features, use_bias", [((4, 2), True), ((3, 4, 2), True), ((3, 2, 4, 2), False), ((5, 1), False)])
+def test_orbit_log_ratios_match_permuting_the_weights(next_key, features, use_bias):
+    """The matrix-product path of orbits.assignment_log_ratios against log q of explicitly permuted weights."""
+    keys = KeySource(3)
+    _, params = make_mlp(keys(), 3, features, use_bias=use_bias, dtype=jnp.float64)
+    group = PermutationGroup.from_params(params)
+    loc = jax.tree.map(lambda p: 2.0 + 0.5 * jax.random.normal(keys(), p.shape, jnp.float64), params)
+    q = meanfield.init(loc, init_scale=0.3)
+    q = meanfield.MeanFieldState(q.loc, jax.tree.map(lambda r: r + 0.5 * jax.random.normal(keys(), r.shape), q.raw_scale))
+    w = meanfield.sample(keys(), q)
+    elements = group.sample(keys(), 9)
+    direct = jax.vmap(lambda g: meanfield.log_prob(q, group.act(group.inverse(g), w)))(elements)
+    fast = jax.jit(orbits.orbit_log_probs, static_argnames=("group", "chunk_size"))(q, w, elements, group)
+    np.testing.assert_allclose(fast, direct, rtol=1e-12, atol=1e-9)
+    chunked = orbits.orbit_log_probs(q, w, elements, group, chunk_size=4)
+    np.testing.assert_allclose(chunked, direct, rtol=1e-12, atol=1e-9)

@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from symvi_jax import PermutationGroup, meanfield, orbits, permanent
+from symvi_jax import meanfield, orbits
 from test_permanent import random_q, sample
 
 STATIC = ("group", "num_permutations", "estimator", "chunk_size", "temperature")

@@ -19,9 +19,8 @@ I^K / log K of the estimator along the MFVI trajectory for free. For MLPs the lo
 permuted sample needs no gather over all weights: with A_l[i, j] the log-density of unit i's
 factor at unit j's weights (incoming weights for the first hidden layer, bias, and outgoing
 weights for the last), log q(g^{-1}.w) - log q(w) = sum_l sum_i (A_l[i, h_l(i)] - A_l[i, i]) plus
-the exact change of the kernels between two hidden layers, h = g^{-1}. A_l costs three small
-matrix products per sample and is independent of K (see ``_log_ratios``); tests check it against
-``orbits.orbit_log_probs``.
+the exact change of the kernels between two hidden layers, h = g^{-1}. A_l costs one small
+matrix product per sample and is independent of K (``orbits.assignment_log_ratios``).
 
 Reported per run: test accuracy, NLL and ECE of the predictive from ``num_eval_samples`` draws;
 the final training ELBO L (mean of the minibatch estimates over the last epoch), the symmetrized
@@ -140,71 +139,6 @@ class Config:
 # ---- the objective ---------------------------------------------------------------------------------
 
 
-def _unit_features(tree, group: PermutationGroup, layer: int):
-    """Stack, per unit of hidden layer ``layer``, the leaves that move with it alone: (d_l, P).
-
-    Hidden layer l's units own their bias; the first hidden layer's also own their incoming
-    kernel column and the last hidden layer's their outgoing kernel row. Kernels between two
-    hidden layers move with two units at once and are handled separately.
-    """
-    names = group.layer_names
-    parts = []
-    if layer == 0 and "kernel" in tree[names[0]]:
-        parts.append(tree[names[0]]["kernel"].T)
-    if "bias" in tree[names[layer]]:
-        parts.append(tree[names[layer]]["bias"][:, None])
-    if layer == group.num_hidden_layers - 1 and "kernel" in tree[names[layer + 1]]:
-        parts.append(tree[names[layer + 1]]["kernel"])
-    return jnp.concatenate(parts, axis=1)
-
-
-def _pairwise_quadratic(w, loc, precision):
-    """Q[i, j] = sum_p (w[j, p] - loc[i, p])^2 precision[i, p], with an exact diagonal.
-
-    Off the diagonal the square is expanded into three matrix products after centring both
-    arguments on the mean unit (which leaves every difference unchanged and keeps the cancellation
-    error small relative to the differences); the diagonal, which carries log q(w) itself, is
-    computed directly.
-    """
-    centre = jax.lax.stop_gradient(jnp.mean(loc, axis=0))
-    u, m = w - centre, loc - centre
-    quad = precision @ jnp.square(u).T - 2.0 * (m * precision) @ u.T + jnp.sum(jnp.square(m) * precision, axis=1)[:, None]
-    diag = jnp.sum(jnp.square(w - loc) * precision, axis=1)
-    eye = jnp.eye(w.shape[0], dtype=bool)
-    return jnp.where(eye, diag[:, None], quad)
-
-
-def _log_ratios(q, sigma, w, inverses, group: PermutationGroup):
-    """log q(h_k.w) - log q(w) for every stacked element h_k (leading axis K') and one sample w.
-
-    With h = g^{-1} this is log q(g^{-1}.w) - log q(w), the quantity the InfoNCE estimator
-    needs; ``inverses`` holds the h_k. Equals ``orbit_log_probs(q, w, g, group) - log_prob(q, w)``
-    (``tests/test_experiments_mnist.py``).
-    """
-    names = group.layer_names
-    total = 0.0
-    for layer in range(group.num_hidden_layers):
-        loc = _unit_features(q.loc, group, layer)
-        precision = 1.0 / jnp.square(_unit_features(sigma, group, layer))
-        quad = _pairwise_quadratic(_unit_features(w, group, layer), loc, precision)
-        delta = -0.5 * (quad - jnp.diag(quad)[:, None])  # A[i, j] - A[i, i]
-        rows = jnp.arange(quad.shape[0])
-        total = total + jnp.sum(delta[rows[None, :], inverses[layer]], axis=1)
-    for between in range(1, group.num_hidden_layers):  # kernels joining hidden layers between-1 and between
-        name = names[between]
-        if "kernel" not in w[name]:
-            continue
-        kernel, loc, scale = w[name]["kernel"], q.loc[name]["kernel"], sigma[name]["kernel"]
-
-        def moved(h_rows, h_cols):
-            permuted = kernel[h_rows][:, h_cols]
-            return -0.5 * jnp.sum(jnp.square((permuted - loc) / scale))
-
-        base = -0.5 * jnp.sum(jnp.square((kernel - loc) / scale))
-        total = total + jax.vmap(moved)(inverses[between - 1], inverses[between]) - base
-    return total
-
-
 def _infonce_terms(rng_key, q, samples, group, *, max_permutations, num_permutations):
     """The paper's I^K terms, t_s = -log[(1/K)(1 + sum_{j<K} q(g_j^{-1}.w_s) / q(w_s))] (<= log K).
 
@@ -216,8 +150,7 @@ def _infonce_terms(rng_key, q, samples, group, *, max_permutations, num_permutat
         return jnp.zeros(jax.tree.leaves(samples)[0].shape[0])
     elements = group.sample(rng_key, max_permutations - 1)
     inverses = group.inverse(elements)
-    sigma = meanfield.scale(q)
-    ratios = jax.vmap(lambda w: _log_ratios(q, sigma, w, inverses, group))(samples)  # (S, K_max - 1)
+    ratios = jax.vmap(lambda w: orbits.assignment_log_ratios(q, w, inverses, group))(samples)  # (S, K_max - 1)
     used = jnp.arange(max_permutations - 1) < (num_permutations - 1)
     ratios = jnp.where(used[None, :], ratios, -jnp.inf)
     log_mean = jax.nn.logsumexp(jnp.concatenate([jnp.zeros_like(ratios[:, :1]), ratios], axis=1), axis=1)
@@ -242,7 +175,7 @@ def symmetrized_objective(
 
     Same randomness layout and value as ``objectives.symmetrized_elbo`` with the ``infonce``
     estimator (key split into weight-sample and permutation keys; closed-form KL), but with
-    K and the weight as (possibly traced) arguments and the fast ``_log_ratios``. The returned
+    K and the weight as (possibly traced) arguments. The returned
     ``mutual_information`` is the I^K reading whether or not it is weighted into the objective;
     with weight 0 it is held out of the gradient.
     """

@@ -575,7 +575,7 @@ def _markdown(config: Config, rows, evaluation, sensitivity) -> str:
             lines.append(f"| {text} | " + " | ".join(cells) + " |")
     diffs = [_paired(rows, "elbo_symmetrized", a) for a in alphas]
     lines.append("| L^G: SGM - MFVI, paired (mean +- s.e.) | " + " | ".join(f"{m:+.4f} +- {s:.4f}" for m, s in diffs) + " |")
-    lines.append(f"| bound: max (L^G - L) = log 2 / N | " + " | ".join(f"{math.log(2) / config.num_train:.4f}" for _ in alphas) + " |")
+    lines.append("| bound: max (L^G - L) = log 2 / N | " + " | ".join(f"{math.log(2) / config.num_train:.4f}" for _ in alphas) + " |")
 
     lines += [
         "",
