@@ -175,10 +175,12 @@ def _infonce_terms(rng_key, q, samples, group, *, num_permutations, chunk_size):
     num_samples = jax.tree.leaves(samples)[0].shape[0]
     if k == 1:
         return jnp.zeros((num_samples,), dtype=jax.tree.leaves(samples)[0].dtype)
-    inverses = group.inverse(group.sample(rng_key, k - 1))  # shared by every weight sample
+    # g_j uniform makes sigma_j = g_j^{-1} uniform too, so sigma_j is drawn directly (no inverse);
+    # the same K - 1 elements serve every weight sample
+    assignments = group.sample(rng_key, k - 1)
 
     def per_sample(w):
-        return assignment_log_ratios(q, w, inverses, group, chunk_size=chunk_size)
+        return assignment_log_ratios(q, w, assignments, group, chunk_size=chunk_size)
 
     ratios = jax.vmap(per_sample)(samples)  # (S, K-1)
     return jnp.log(k) - jax.nn.logsumexp(jnp.concatenate([jnp.zeros_like(ratios[:, :1]), ratios], axis=1), axis=1)
