@@ -50,8 +50,13 @@ def machine() -> dict:
 
 
 def write_json(path: str, payload: dict) -> None:
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    Path(path).write_text(json.dumps({"machine": machine(), **payload}, indent=2) + "\n")
+    """Write ``payload`` (plus the machine) atomically. The scripts rewrite it after every row with
+    ``complete: False``, so a run stopped by a time limit keeps the rows it finished."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = target.with_name(target.name + ".partial")
+    staging.write_text(json.dumps({"machine": machine(), **payload}, indent=2) + "\n")
+    staging.replace(target)
 
 
 def markdown_table(header: list, rows: list) -> str:

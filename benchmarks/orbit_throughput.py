@@ -39,8 +39,9 @@ def main():
             records.append(dict(net=name, order=group.order(), mode=label, seconds=seconds, elements_per_s=rate))
             rows.append([name, group.order(), label, f"{seconds * 1e3:.2f}", f"{rate:.3g}"])
             print(rows[-1], flush=True)
+            write_json(args.json, {"benchmark": "orbit_throughput", "rows": records, "complete": False})
     print(markdown_table(["net", "\\|G\\|", "map", "ms per log q^G", "elements / s"], rows))
-    write_json(args.json, {"benchmark": "orbit_throughput", "rows": records})
+    write_json(args.json, {"benchmark": "orbit_throughput", "rows": records, "complete": True})
 
 
 if __name__ == "__main__":

@@ -127,9 +127,10 @@ def main():
                         + [f"{record[k]:.2f}" for k in ("symvi_over_numpyro", "symvi_over_floor",
                                                         "nonorm_over_numpyro", "nonorm_over_floor")])
             print(rows[-1], flush=True)
+            write_json(args.json, {"benchmark": "peers", "rows": records, "complete": False})
     print(markdown_table(["width", "batch", "symvi-jax ms", "symvi-jax, no grad norm ms", "numpyro ms", "floor ms",
                           "symvi/numpyro", "symvi/floor", "no-norm/numpyro", "no-norm/floor"], rows))
-    write_json(args.json, {"benchmark": "peers", "rows": records})
+    write_json(args.json, {"benchmark": "peers", "rows": records, "complete": True})
 
 
 if __name__ == "__main__":

@@ -56,8 +56,9 @@ def main():
                 rows.append([net_name, batch_size, k, f"{times['standard'] * 1e3:.3f}",
                              f"{times['symmetrized'] * 1e3:.3f}", f"{ratio:.2f}"])
                 print(rows[-1], flush=True)
+                write_json(args.json, {"benchmark": "step_time", "rows": records, "complete": False})
     print(markdown_table(["hidden", "batch", "K", "standard ms", "symmetrized ms", "ratio"], rows))
-    write_json(args.json, {"benchmark": "step_time", "rows": records})
+    write_json(args.json, {"benchmark": "step_time", "rows": records, "complete": True})
 
 
 if __name__ == "__main__":

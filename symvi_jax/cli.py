@@ -43,7 +43,7 @@ def _add_experiment_parser(subparsers, name: str, module_path: str):
     parser = subparsers.add_parser(name, help=summary, description=module.__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", help="YAML file of config keys (flags override it)")
-    parser.add_argument("--out", default=f"out/{name}", help="output directory (default: out/%(default)s)")
+    parser.add_argument("--out", default=f"out/{name}", help="output directory (default: %(default)s)")
     hints = typing.get_type_hints(module.Config)
     for field in dataclasses.fields(module.Config):
         default = field.default if field.default is not dataclasses.MISSING else None

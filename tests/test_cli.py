@@ -78,3 +78,19 @@ def test_output_path_that_is_a_file(tmp_path, capsys):
 def test_module_entry_point_help():
     out = subprocess.run([sys.executable, "-m", "symvi_jax", "--help"], capture_output=True, text=True, check=True)
     assert "demo" in out.stdout
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["data", "fetch", "mnist", "--bogus"], "--bogus"),
+        (["data", "fetch", "cifar10"], "cifar10"),
+        (["data"], "data_command"),
+    ],
+)
+def test_data_fetch_usage_errors_name_the_argument(capsys, argv, message):
+    with pytest.raises(SystemExit) as exit_info:  # argparse's usage errors exit with status 2
+        cli.main(argv)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err and "usage: symvi-jax data" in err

@@ -6,11 +6,14 @@ q trained for 10 epochs with batch 100 and Adam (lr 1e-3) on the ELBO L (MFVI) o
 symmetrized bound L^K = L + I^K with K = 5, 10, 20 uniformly drawn permutations (SGM); 10 seeds;
 test accuracy of the Bayesian model average of 1000 models drawn from q.
 
-How it runs. For each width, every (method, seed) run is one lane of a single ``jax.vmap``-ed,
-``jax.jit``-compiled program: init, then ``lax.scan`` over epochs of ``lax.scan`` over
-``vi.step`` calls, with the data resident on the device and each epoch's minibatches taken from a
-fresh permutation. Seeds are paired across methods (seed i starts every method from the same
-initial means and uses the same minibatch order), so SGM - MFVI differences are paired.
+How it runs. For each width, every (method, seed) run is one lane of a single ``jax.jit``-compiled
+program (``jax.vmap`` over seeds of ``jax.vmap`` over methods): init, then ``lax.scan`` over
+epochs of ``lax.scan`` over ``vi.step`` calls, with the data resident on the device and each
+epoch's minibatches taken from a fresh permutation. Seeds are paired across methods: seed i starts
+every method from the same initial means and gives them the same minibatches and the same step
+keys (common random numbers: the weight noise and permutations are drawn once per seed), so SGM -
+MFVI differences are paired. The train and evaluate programs of all widths are compiled ahead of
+time, concurrently (``compile_workers`` threads), before any of them runs.
 
 All methods share one objective, ``L + weight * I^K`` (weight 0 for MFVI, 1 for SGM), where I^K
 is the paper's estimator (Theorem 4.3) with the K - 1 permutations drawn uniformly; for MFVI the
@@ -45,6 +48,7 @@ import math
 import re
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Optional
 
 import jax
@@ -97,6 +101,7 @@ class Config:
     mi_num_permutations: int = 1000
     mi_num_samples: int = 64
     collapse_kl: float = 0.05
+    compile_workers: int = 1
 
     def validate(self):
         if self.dataset not in data.DATASETS:
@@ -112,7 +117,7 @@ class Config:
         if len(set(self.methods)) != len(self.methods):
             raise ValueError(f"config key 'methods' has duplicates: {self.methods}")
         for key in ("num_hidden_layers", "num_epochs", "batch_size", "num_samples", "num_seeds", "num_eval_samples",
-                    "eval_chunk_size", "mi_num_permutations", "mi_num_samples"):
+                    "eval_chunk_size", "mi_num_permutations", "mi_num_samples", "compile_workers"):
             if getattr(self, key) < 1:
                 raise ValueError(f"config key {key!r} must be >= 1, got {getattr(self, key)}")
         for key in ("learning_rate", "prior_scale", "init_scale", "collapse_kl"):
@@ -287,10 +292,12 @@ def _load(config: Config):
             data.as_inputs(x_test), y_test.astype(np.int32), ood)
 
 
-def _train_width(config: Config, width: int, train, methods, keys):
-    """Train every (method, seed) of one width as one vmapped program. Returns final q, epoch stats."""
-    x_train, y_train = train
-    size = int(x_train.shape[0])
+def _train_program(config: Config, width: int, size: int, num_inputs: int, methods):
+    """The jitted program that trains every (method, seed) of one width: ``train_fn(keys, x, y)``.
+
+    It returns the final variational parameters with one leading run axis, method-major (run
+    r = method r // S, seed r % S), and the per-epoch stats with shape (runs, epochs).
+    """
     steps = size // config.batch_size
     features = (width,) * config.num_hidden_layers + (_NUM_CLASSES,)
     model = MLP(features=features)
@@ -299,7 +306,7 @@ def _train_width(config: Config, width: int, train, methods, keys):
         return model.apply({"params": p}, x)
 
     loglik = likelihoods.categorical(apply_fn)
-    template = model.init(jax.random.key(0), jnp.zeros((1, x_train.shape[1])))["params"]
+    template = model.init(jax.random.key(0), jnp.zeros((1, num_inputs)))["params"]
     group = PermutationGroup.from_params(template)
     max_k = max(k for k, _ in methods)
 
@@ -355,19 +362,19 @@ def _train_width(config: Config, width: int, train, methods, keys):
         states, stats = jax.lax.scan(epoch, states, jax.random.split(key_epochs, config.num_epochs))
         return states.params, stats  # leaves (methods, ...); stats (epochs, methods)
 
-    train_fn = jax.jit(jax.vmap(one_seed, in_axes=(0, None, None)))
-    q, stats = train_fn(keys, jnp.asarray(x_train), jnp.asarray(y_train))
-    # (seeds, methods, ...) -> method-major runs: run r = method r // S, seed r % S
-    q = jax.tree.map(lambda x: jnp.swapaxes(x, 0, 1).reshape((-1,) + x.shape[2:]), q)
-    stats = jax.tree.map(lambda x: np.asarray(x).transpose(2, 0, 1).reshape(-1, x.shape[1]), jax.device_get(stats))
-    return jax.block_until_ready(q), stats, apply_fn, group
+    def train_fn(keys, x_all, y_all):
+        q, stats = jax.vmap(one_seed, in_axes=(0, None, None))(keys, x_all, y_all)
+        # (seeds, methods, ...) -> method-major runs: run r = method r // S, seed r % S
+        q = jax.tree.map(lambda x: jnp.swapaxes(x, 0, 1).reshape((-1,) + x.shape[2:]), q)
+        stats = jax.tree.map(lambda x: jnp.transpose(x, (2, 0, 1)).reshape(-1, x.shape[1]), stats)
+        return q, stats
+
+    return jax.jit(train_fn), apply_fn, group
 
 
-def _evaluate_width(config: Config, q, apply_fn, group, test, ood, key):
-    """Metrics for every run (lax.map over runs inside one jit)."""
-    x_test, y_test = test
+def _evaluate_program(config: Config, apply_fn, group):
+    """The jitted program ``evaluate(q, keys, x_test, y_test, ood)``: metrics of every run (lax.map)."""
     names = group.layer_names
-    num_runs = jax.tree.leaves(q)[0].shape[0]
 
     def probs_fn(rng_key, q_run, inputs):
         if config.predictive == "local":
@@ -404,9 +411,34 @@ def _evaluate_width(config: Config, q, apply_fn, group, test, ood, key):
         out["units"] = unit_statistics(q_run, names, config.prior_scale)
         return out
 
-    keys = jax.random.split(key, num_runs)
-    return jax.device_get(jax.jit(evaluate)(q, keys, jnp.asarray(x_test), jnp.asarray(y_test),
-                                   None if ood is None else jnp.asarray(ood)))
+    return jax.jit(evaluate)
+
+
+def _compile_programs(config: Config, train, test, ood, methods, seed_keys):
+    """Build, lower and compile, ahead of time, the train and evaluate programs of every width.
+
+    Tracing and lowering hold the GIL and run one program after the other; XLA compiles with the
+    GIL released, so the lowered programs are compiled concurrently in ``config.compile_workers``
+    threads. On a GPU, where the runs themselves take seconds, compiling one program after the
+    other would be most of the protocol's wall time. Returns {width: (train, evaluate, group)}.
+    """
+    spec = lambda x: jax.ShapeDtypeStruct(np.shape(x), np.asarray(x).dtype)  # noqa: E731
+    x_train, y_train = train
+    key_spec = jax.ShapeDtypeStruct(seed_keys.shape, seed_keys.dtype)
+    data_specs = (spec(x_train), spec(y_train))
+    eval_specs = (spec(test[0]), spec(test[1]), None if ood is None else spec(ood))
+    lowered, groups = [], {}
+    for width in (int(w) for w in config.widths):
+        train_fn, apply_fn, group = _train_program(config, width, int(x_train.shape[0]), int(x_train.shape[1]),
+                                                   methods)
+        q_spec = jax.eval_shape(train_fn, key_spec, *data_specs)[0]
+        run_keys = jax.ShapeDtypeStruct((jax.tree.leaves(q_spec)[0].shape[0],), seed_keys.dtype)
+        lowered.append(train_fn.lower(key_spec, *data_specs))
+        lowered.append(_evaluate_program(config, apply_fn, group).lower(q_spec, run_keys, *eval_specs))
+        groups[width] = group
+    with ThreadPoolExecutor(max_workers=max(1, min(config.compile_workers, len(lowered)))) as pool:
+        compiled = list(pool.map(lambda program: program.compile(), lowered))
+    return {width: (compiled[2 * i], compiled[2 * i + 1], group) for i, (width, group) in enumerate(groups.items())}
 
 
 def _t_quantile(df: int) -> float:
@@ -439,13 +471,23 @@ def run(config: Config) -> Result:
     default_k = max(sgm_ks) if sgm_ks else 20
     method_ks = [_method_k(m, default_k) for m in methods]
     seed_keys = jax.random.split(jax.random.key(config.seed), config.num_seeds)
+    ood_x = None if ood is None else ood[1]
+    t_compile = time.perf_counter()
+    programs = _compile_programs(config, (x_train, y_train), (x_test, y_test), ood_x, method_ks, seed_keys)
+    compile_time = time.perf_counter() - t_compile
+    print(f"[mnist] compiled the programs of {len(programs)} width(s) in {compile_time:.1f} s",
+          file=sys.stderr, flush=True)
+    device_data = jax.device_put((x_train, y_train, x_test, y_test, ood_x))
     rows, timings = [], []
     for width in config.widths:
+        train_fn, evaluate_fn, group = programs[int(width)]
         t0 = time.perf_counter()
-        q, stats, apply_fn, group = _train_width(config, int(width), (x_train, y_train), method_ks, seed_keys)
+        q, stats = jax.block_until_ready(train_fn(seed_keys, *device_data[:2]))
+        stats = jax.device_get(stats)
         t1 = time.perf_counter()
-        metrics = _evaluate_width(config, q, apply_fn, group, (x_test, y_test), None if ood is None else ood[1],
-                                  jax.random.fold_in(jax.random.key(config.seed), int(width)))
+        eval_key = jax.random.fold_in(jax.random.key(config.seed), int(width))
+        run_keys = jax.random.split(eval_key, jax.tree.leaves(q)[0].shape[0])
+        metrics = jax.device_get(evaluate_fn(q, run_keys, *device_data[2:]))
         t2 = time.perf_counter()
         timings.append((int(width), t1 - t0, t2 - t1))
         print(f"[mnist] width {width}: trained {len(methods) * config.num_seeds} runs in {t1 - t0:.1f} s, "
@@ -490,7 +532,7 @@ def run(config: Config) -> Result:
                     row["ood_auroc"] = predict.auroc(metrics["entropy_in"][r], metrics["entropy_out"][r])
                 rows.append(row)
     total = time.perf_counter() - start
-    markdown = _markdown(config, rows, timings, load_time, total)
+    markdown = _markdown(config, rows, timings, load_time, compile_time, total)
     return Result(rows=rows, markdown=markdown, figures=_figures(config, rows))
 
 
@@ -506,7 +548,7 @@ def _mean_std(values):
     return values.mean(), (values.std(ddof=1) if len(values) > 1 else float("nan"))
 
 
-def _markdown(config: Config, rows, timings, load_time, total) -> str:
+def _markdown(config: Config, rows, timings, load_time, compile_time, total) -> str:
     methods, widths = list(config.methods), [int(w) for w in config.widths]
     n_train = rows[0]["num_train"] if rows else 0
     depth = config.num_hidden_layers
@@ -577,8 +619,9 @@ def _markdown(config: Config, rows, timings, load_time, total) -> str:
                     m, lo, hi = _paired_ci([scale * r[key] for r in base], [scale * r[key] for r in other])
                     cells.append(f"{m:+.{digits}f} [{lo:+.{digits}f}, {hi:+.{digits}f}]")
                 lines.append(f"| {w} | {method} | " + " | ".join(cells) + " |")
-    lines += ["", "## Wall time", "", f"Data loading {load_time:.1f} s; total {total:.1f} s "
-              f"(compilation included; {jax.device_count()} {jax.devices()[0].platform} device(s)).", "",
+    lines += ["", "## Wall time", "", f"Data loading {load_time:.1f} s; compiling every width's programs "
+              f"{compile_time:.1f} s ({config.compile_workers} threads); total {total:.1f} s "
+              f"({jax.device_count()} {jax.devices()[0].platform} device(s)).", "",
               "| width | train (s) | evaluate (s) |", "| --- | --- | --- |"]
     lines += [f"| {w} | {a:.1f} | {b:.1f} |" for w, a, b in timings]
     lines += ["", f"Collapsed unit: KL(N(m, v^2) \\|\\| N(0, s^2)) < {config.collapse_kl} nats, with m and v the mean "
