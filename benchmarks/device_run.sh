@@ -12,19 +12,21 @@ python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upg
 export PYTHONPATH=/tmp/site:$PWD:$PWD/benchmarks PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$WORK/gpu.txt"
 python3 -c "import jax; print(jax.__version__, jax.devices())" | tee -a "$WORK/gpu.txt"
+PARTS=${PARTS:-table1 peers step_time orbit_throughput tests}  # a subset: PARTS="table1 peers" bash ...
 run() {  # name, time limit in seconds, command...
   local name=$1 limit=$2; shift 2
+  [[ " $PARTS " == *" $name "* ]] || return 0
   local start=$SECONDS
   timeout "$limit" "$@" > "$WORK/$name.log" 2>&1
   echo "$name: exit $? in $((SECONDS - start)) s" | tee -a "$WORK/summary.txt"
   tail -n 30 "$WORK/$name.log"
 }
-run table1 200 python3 -m symvi_jax mnist --config configs/mnist_table1.yaml --data .devdata/mnist.npz \
-  --ood-data .devdata/fashion_mnist.npz --out "$WORK/table1"
-run peers 60 python3 benchmarks/peers.py --repeats 20 --json "$WORK/peers.json"
-run step_time 170 python3 benchmarks/step_time.py --repeats 10 --json "$WORK/step_time.json"
+run table1 150 python3 -m symvi_jax mnist --config configs/mnist_table1.yaml --data .devdata/mnist.npz \
+  --ood-data .devdata/fashion_mnist.npz --out "$WORK/table1" --compile-workers "${COMPILE_WORKERS:-8}"
+run peers 100 python3 benchmarks/peers.py --repeats 10 --json "$WORK/peers.json"
+run step_time 150 python3 benchmarks/step_time.py --repeats 10 --json "$WORK/step_time.json"
 run orbit_throughput 30 python3 benchmarks/orbit_throughput.py --repeats 5 --json "$WORK/orbit_throughput.json"
-run tests 60 python3 -m pytest -q -p no:cacheprovider -x tests/test_identities_float64.py tests/test_vi.py tests/test_objectives.py
+run tests 45 python3 -m pytest -q -p no:cacheprovider -x tests/test_identities_float64.py tests/test_vi.py tests/test_objectives.py
 if [ -n "${OUT:-}" ]; then
   tar czf "$OUT/device.tar.gz" -C "$WORK" . && cp "$WORK/summary.txt" "$OUT/summary.txt"
 fi
