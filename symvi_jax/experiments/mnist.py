@@ -11,7 +11,8 @@ program (``jax.vmap`` over seeds of ``jax.vmap`` over methods): init, then ``lax
 epochs of ``lax.scan`` over ``vi.step`` calls, with the data resident on the device and each
 epoch's minibatches taken from a fresh permutation. Seeds are paired across methods: seed i starts
 every method from the same initial means and gives them the same minibatches and the same step
-keys (common random numbers: the weight noise and permutations are drawn once per seed), so SGM -
+keys (common random numbers: the weight noise and permutations are drawn once per seed) and the
+same evaluation keys, so SGM -
 MFVI differences are paired. The train and evaluate programs of all widths are compiled ahead of
 time, concurrently (``compile_workers`` threads), before any of them runs.
 
@@ -485,8 +486,9 @@ def run(config: Config) -> Result:
         q, stats = jax.block_until_ready(train_fn(seed_keys, *device_data[:2]))
         stats = jax.device_get(stats)
         t1 = time.perf_counter()
+        # evaluation keys paired like the training keys: run r = method r // S, seed r % S gets key r % S
         eval_key = jax.random.fold_in(jax.random.key(config.seed), int(width))
-        run_keys = jax.random.split(eval_key, jax.tree.leaves(q)[0].shape[0])
+        run_keys = jnp.tile(jax.random.split(eval_key, config.num_seeds), len(methods))
         metrics = jax.device_get(evaluate_fn(q, run_keys, *device_data[2:]))
         t2 = time.perf_counter()
         timings.append((int(width), t1 - t0, t2 - t1))
