@@ -10,11 +10,10 @@ How it runs. For each width, every (method, seed) run is one lane of a single ``
 program (``jax.vmap`` over seeds of ``jax.vmap`` over methods): init, then ``lax.scan`` over
 epochs of ``lax.scan`` over ``vi.step`` calls, with the data resident on the device and each
 epoch's minibatches taken from a fresh permutation. Seeds are paired across methods: seed i starts
-every method from the same initial means and gives them the same minibatches and the same step
-keys (common random numbers: the weight noise and permutations are drawn once per seed) and the
-same evaluation keys, so SGM -
-MFVI differences are paired. The train and evaluate programs of all widths are compiled ahead of
-time, concurrently (``compile_workers`` threads), before any of them runs.
+every method from the same initial means and gives them the same minibatches, the same step keys
+(common random numbers: the weight noise and permutations are drawn once per seed) and the same
+evaluation keys, so SGM - MFVI differences are paired. The train and evaluate programs of all
+widths are compiled ahead of time (``compile_workers`` threads) before any of them runs.
 
 All methods share one objective, ``L + weight * I^K`` (weight 0 for MFVI, 1 for SGM), where I^K
 is the paper's estimator (Theorem 4.3) with the K - 1 permutations drawn uniformly; for MFVI the
