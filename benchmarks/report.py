@@ -1,7 +1,7 @@
 """Markdown tables of saved benchmark results, the ones quoted in benchmarks/RESULTS.md.
 
-Reads a results folder written by the benchmark scripts (``step_time.json``, ``peers.json``,
-``orbit_throughput.json``) and prints one table per benchmark found. Where a run was stopped by a
+Reads a results folder written by the benchmark scripts (every ``*.json`` whose ``benchmark`` is
+step_time, peers or orbit_throughput) and prints one table per file. Where a run was stopped by a
 time limit before the scripts wrote JSON after every row, the rows they printed are read back from
 ``NAME.log`` instead (one Python list per line).
 
@@ -54,21 +54,23 @@ def _log_rows(path: Path) -> list:
 
 
 def report(folder: Path) -> str:
-    parts = []
-    for name, (header, render) in COLUMNS.items():
-        json_path, log_path = folder / f"{name}.json", folder / f"{name}.log"
-        if json_path.exists():
-            payload = json.loads(json_path.read_text())
-            machine = payload.get("machine", {})
-            note = "" if payload.get("complete", True) else " (stopped early: the rows it finished)"
-            parts.append(f"### {name}: {machine.get('device', '?')}, jax {machine.get('jax', '?')}{note}\n")
-            parts.append(table(header, [render(r) for r in payload["rows"]]))
-        elif log_path.exists():
-            parts.append(f"### {name} (from {log_path.name}: the rows printed before the time limit)\n")
-            parts.append(table(LOG_HEADERS[name], _log_rows(log_path)))
-        else:
+    parts, seen = [], set()
+    for json_path in sorted(folder.glob("*.json")):
+        payload = json.loads(json_path.read_text())
+        name = payload.get("benchmark")
+        if name not in COLUMNS:
             continue
-        parts.append("")
+        header, render = COLUMNS[name]
+        machine = payload.get("machine", {})
+        note = "" if payload.get("complete", True) else " (stopped early: the rows it finished)"
+        parts += [f"### {json_path.name}: {machine.get('device', '?')}, jax {machine.get('jax', '?')}{note}\n",
+                  table(header, [render(r) for r in payload["rows"]]), ""]
+        seen.add(name)
+    for name in COLUMNS:
+        log_path = folder / f"{name}.log"
+        if name not in seen and log_path.exists():
+            parts += [f"### {log_path.name}: the rows printed before the time limit\n",
+                      table(LOG_HEADERS[name], _log_rows(log_path)), ""]
     return "\n".join(parts)
 
 

@@ -5,7 +5,8 @@ random data resident on the device, for K in {2, 5, 20, 64, 256}, hidden widths 
 and 1024x1024, batch 100 and 1024. Each symmetrized step is timed interleaved with the standard
 step of the same network and batch; the table reports medians and their ratio.
 
-    python benchmarks/step_time.py [--quick] [--json benchmarks/results/step_time.json]
+    python benchmarks/step_time.py [--quick] [--nets 30 1024] [--ks 20 64] [--batches 100]
+        [--repeats 20] [--json benchmarks/results/step_time.json]
 """
 
 from __future__ import annotations
@@ -39,10 +40,17 @@ def make_step(hidden, batch_size, objective, k, estimator="infonce"):
 
 
 def main():
-    args = parser(__doc__.splitlines()[0], "benchmarks/results/step_time.json").parse_args()
+    p = parser(__doc__.splitlines()[0], "benchmarks/results/step_time.json")
+    p.add_argument("--nets", nargs="+", choices=list(NETS), default=None, help="hidden layouts (default: all)")
+    p.add_argument("--ks", nargs="+", type=int, default=None, help=f"values of K (default: {KS})")
+    p.add_argument("--batches", nargs="+", type=int, default=None, help=f"batch sizes (default: {BATCHES})")
+    args = p.parse_args()
+    if any(k < 1 for k in args.ks or ()) or any(b < 1 for b in args.batches or ()):
+        p.error("--ks and --batches must be positive integers")
     nets = {"30": NETS["30"], "1024": NETS["1024"]} if args.quick else NETS
-    ks = (5, 20) if args.quick else KS
-    batches = (100,) if args.quick else BATCHES
+    nets = {name: NETS[name] for name in args.nets} if args.nets else nets
+    ks = tuple(args.ks) if args.ks else (5, 20) if args.quick else KS
+    batches = tuple(args.batches) if args.batches else (100,) if args.quick else BATCHES
     rows, records = [], []
     for net_name, hidden in nets.items():
         for batch_size in batches:
