@@ -200,3 +200,26 @@ def test_local_predictive_agrees_with_weight_sampling_on_mnist():
     local, weights = np.asarray(local), np.asarray(weights)
     p_bar = np.clip((local + weights) / 2, 1e-3, 1)
     assert np.all(np.abs(local - weights) < 5.5 * np.sqrt(2 * p_bar * (1 - p_bar) / 1000))
+
+
+def test_resume_skips_finished_widths(tmp_path, capsys, monkeypatch):
+    _fake_npz(tmp_path / "digits.npz", 0)
+    args = ["mnist", "--config", "configs/mnist_table1.yaml", "--data", str(tmp_path / "digits.npz"),
+            "--ood", "false", "--out", str(tmp_path / "out"), "--methods", "[mfvi, sgm3]", "--num-seeds", "2",
+            "--num-train", "200", "--num-test", "40", "--num-epochs", "1", "--num-eval-samples", "4",
+            "--eval-chunk-size", "4", "--mi-num-permutations", "3", "--mi-num-samples", "2"]
+    assert cli.main([*args, "--widths", "[2]"]) == 0, capsys.readouterr().err
+    first = json.loads((tmp_path / "out" / "results.json").read_text())["rows"]
+    assert (tmp_path / "out" / "checkpoints" / "width_2.json").exists()
+
+    built = []
+    original = mnist._train_program
+    monkeypatch.setattr(mnist, "_train_program", lambda config, width, *a: built.append(width) or original(config, width, *a))
+    assert cli.main([*args, "--widths", "[2, 3]", "--resume"]) == 0, capsys.readouterr().err
+    assert built == [3]  # width 2 was read back, not trained again
+    rows = json.loads((tmp_path / "out" / "results.json").read_text())["rows"]
+    assert [r for r in rows if r["width"] == 2] == first and {r["width"] for r in rows} == {2, 3}
+
+    # a changed config under the same --out is refused, not mixed in
+    assert cli.main([*args, "--widths", "[2]", "--num-epochs", "2", "--resume"]) == 2
+    assert "another config" in capsys.readouterr().err

@@ -44,11 +44,15 @@ Carlo noise between examples differs, which no per-example metric sees.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import math
+import os
 import re
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Optional
 
 import jax
@@ -462,10 +466,48 @@ def _paired_ci(a, b):
     return mean, mean - half, mean + half
 
 
-def run(config: Config) -> Result:
+def _config_digest(config: Config) -> str:
+    """sha256 of every config key that changes a width's results (not ``widths`` or compile threads)."""
+    fields = {k: v for k, v in dataclasses.asdict(config).items() if k not in ("widths", "compile_workers")}
+    return hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _finished_widths(config: Config, checkpoint_dir: Optional[str], resume: bool) -> dict:
+    """{width: (rows, timing)} of the widths a previous run of the same config finished."""
+    if not (checkpoint_dir and resume):
+        return {}
+    finished, digest = {}, _config_digest(config)
+    for width in (int(w) for w in config.widths):
+        path = Path(checkpoint_dir) / f"width_{width}.json"
+        if not path.exists():
+            continue
+        saved = json.loads(path.read_text())
+        if saved.get("config_digest") != digest:
+            raise ValueError(f"--resume: {path} was written by a run with another config; use another --out, "
+                             "or run without --resume to start over")
+        finished[width] = (saved["rows"], tuple(saved["timing"]))
+    return finished
+
+
+def _save_width(checkpoint_dir: Optional[str], config: Config, width: int, rows: list, timing: tuple) -> None:
+    """Write one finished width's rows atomically (a temporary file, then ``os.replace``)."""
+    if not checkpoint_dir:
+        return
+    folder = Path(checkpoint_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    staging = folder / f".width_{width}.json.partial"
+    staging.write_text(json.dumps({"config_digest": _config_digest(config), "rows": rows, "timing": list(timing)}))
+    os.replace(staging, folder / f"width_{width}.json")
+
+
+def run(config: Config, *, checkpoint_dir: Optional[str] = None, resume: bool = False) -> Result:
+    """The protocol of ``config``. With ``checkpoint_dir`` every finished width is saved there, and with
+    ``resume`` (CLI: ``--resume``, into ``OUT/checkpoints``) the widths a previous run of the same config
+    finished are read back instead of run again, so a re-run sweep skips finished configurations."""
     start = time.perf_counter()
     x_train, y_train, x_test, y_test, ood = _load(config)
     load_time = time.perf_counter() - start
+    finished = _finished_widths(config, checkpoint_dir, resume)
     methods = list(config.methods)
     sgm_ks = [_method_k(m, 0)[0] for m in methods if m != "mfvi"]
     default_k = max(sgm_ks) if sgm_ks else 20
@@ -473,13 +515,21 @@ def run(config: Config) -> Result:
     seed_keys = jax.random.split(jax.random.key(config.seed), config.num_seeds)
     ood_x = None if ood is None else ood[1]
     t_compile = time.perf_counter()
-    programs = _compile_programs(config, (x_train, y_train), (x_test, y_test), ood_x, method_ks, seed_keys)
+    todo = dataclasses.replace(config, widths=tuple(w for w in config.widths if int(w) not in finished))
+    programs = (_compile_programs(todo, (x_train, y_train), (x_test, y_test), ood_x, method_ks, seed_keys)
+                if todo.widths else {})
     compile_time = time.perf_counter() - t_compile
-    print(f"[mnist] compiled the programs of {len(programs)} width(s) in {compile_time:.1f} s",
+    print(f"[mnist] compiled the programs of {len(programs)} width(s) in {compile_time:.1f} s"
+          + (f"; widths {sorted(finished)} read back from {checkpoint_dir}" if finished else ""),
           file=sys.stderr, flush=True)
     device_data = jax.device_put((x_train, y_train, x_test, y_test, ood_x))
     rows, timings = [], []
     for width in config.widths:
+        if int(width) in finished:
+            width_rows, timing = finished[int(width)]
+            rows += width_rows
+            timings.append(timing)
+            continue
         train_fn, evaluate_fn, group = programs[int(width)]
         t0 = time.perf_counter()
         q, stats = jax.block_until_ready(train_fn(seed_keys, *device_data[:2]))
@@ -493,6 +543,7 @@ def run(config: Config) -> Result:
         timings.append((int(width), t1 - t0, t2 - t1))
         print(f"[mnist] width {width}: trained {len(methods) * config.num_seeds} runs in {t1 - t0:.1f} s, "
               f"evaluated in {t2 - t1:.1f} s", file=sys.stderr, flush=True)
+        width_rows = []
         for m_index, method in enumerate(methods):
             k, weight = method_ks[m_index]
             for seed in range(config.num_seeds):
@@ -531,7 +582,9 @@ def run(config: Config) -> Result:
                 if ood is not None:
                     row["ood_dataset"] = ood[0]
                     row["ood_auroc"] = predict.auroc(metrics["entropy_in"][r], metrics["entropy_out"][r])
-                rows.append(row)
+                width_rows.append(row)
+        rows += width_rows
+        _save_width(checkpoint_dir, config, int(width), width_rows, timings[-1])
     total = time.perf_counter() - start
     markdown = _markdown(config, rows, timings, load_time, compile_time, total)
     return Result(rows=rows, markdown=markdown, figures=_figures(config, rows))
