@@ -13,7 +13,8 @@ epoch's minibatches taken from a fresh permutation. Seeds are paired across meth
 every method from the same initial means and gives them the same minibatches, the same step keys
 (common random numbers: the weight noise and permutations are drawn once per seed) and the same
 evaluation keys, so SGM - MFVI differences are paired. The train and evaluate programs of all
-widths are compiled ahead of time (``compile_workers`` threads) before any of them runs.
+widths are compiled ahead of time (``compile_workers`` threads) before any of them runs. Each
+finished width is saved in ``OUT/checkpoints``; ``--resume`` reads finished widths back.
 
 All methods share one objective, ``L + weight * I^K`` (weight 0 for MFVI, 1 for SGM), where I^K
 is the paper's estimator (Theorem 4.3) with the K - 1 permutations drawn uniformly; for MFVI the
