@@ -21,12 +21,14 @@ run() {  # name, time limit in seconds, command...
   echo "$name: exit $? in $((SECONDS - start)) s" | tee -a "$WORK/summary.txt"
   tail -n 30 "$WORK/$name.log"
 }
-run table1 150 python3 -m symvi_jax mnist --config configs/mnist_table1.yaml --data .devdata/mnist.npz \
+run table1 100 python3 -m symvi_jax mnist --config configs/mnist_table1.yaml --data .devdata/mnist.npz \
   --ood-data .devdata/fashion_mnist.npz --out "$WORK/table1" --compile-workers "${COMPILE_WORKERS:-8}"
-run peers 100 python3 benchmarks/peers.py --repeats 10 --json "$WORK/peers.json"
+run peers 80 python3 benchmarks/peers.py --repeats 10 --json "$WORK/peers.json"
 run step_time 150 python3 benchmarks/step_time.py --repeats 10 --json "$WORK/step_time.json"
 run orbit_throughput 30 python3 benchmarks/orbit_throughput.py --repeats 5 --json "$WORK/orbit_throughput.json"
-run tests 45 python3 -m pytest -q -p no:cacheprovider -x tests/test_identities_float64.py tests/test_vi.py tests/test_objectives.py
+XLA_PYTHON_CLIENT_PREALLOCATE=false run tests 90 python3 -m pytest -q -p no:cacheprovider -n 8 \
+  tests/test_identities_float64.py tests/test_permanent_float64.py tests/test_meanfield.py tests/test_objectives.py \
+  tests/test_symmetry.py tests/test_proposals.py tests/test_vi.py
 if [ -n "${OUT:-}" ]; then
   tar czf "$OUT/device.tar.gz" -C "$WORK" . && cp "$WORK/summary.txt" "$OUT/summary.txt"
 fi
