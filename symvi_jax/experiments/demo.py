@@ -23,7 +23,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from symvi_jax import MLP, PermutationGroup, likelihoods, nets, objectives, predict, vi
+from symvi_jax import objectives, predict, vi
+from symvi_jax.experiments import tractable
 from symvi_jax.experiments.base import Result
 
 __all__ = ["Config", "run"]
@@ -62,17 +63,9 @@ class Config:
 
 
 def _problem(config: Config):
-    model = MLP(features=(2, 1), use_bias=False)
-    params = model.init(jax.random.key(0), jnp.zeros((1, 1)))["params"]
-    group = PermutationGroup.from_params(params)
-    trainable, frozen = nets.partition(params, ["Dense_1"])
-    frozen = jax.tree.map(jnp.ones_like, frozen)  # output weights fixed to 1
-
-    def apply_fn(p, x):
-        return model.apply({"params": nets.combine(p, frozen)}, x)
-
-    loglik = likelihoods.gaussian(apply_fn, noise_precision=config.noise_precision)
-    return apply_fn, loglik, group, trainable
+    """The paper's two-unit ReLU net (``tractable.problem``): apply_fn, log-likelihood, group, params template."""
+    prob = tractable.problem(config.noise_precision)
+    return prob.apply_fn, prob.loglikelihood_fn, prob.group, prob.template
 
 
 def _data(key, config: Config, n: int):

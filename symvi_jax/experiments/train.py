@@ -19,7 +19,6 @@ number of skipped non-finite steps, and sha256 digests of the final state and of
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import math
 import sys
 from typing import Optional
@@ -31,6 +30,7 @@ import optax
 
 from symvi_jax import MLP, PermutationGroup, likelihoods, orbits, predict, vi
 from symvi_jax.experiments.base import Result, to_jsonable
+from symvi_jax.vi import _data_digest
 
 __all__ = ["Config", "run", "make_data"]
 
@@ -99,15 +99,6 @@ def make_data(rng_key, config: Config):
     return points(key_train, config.num_train), points(key_test, config.num_test)
 
 
-def _digest(tree) -> str:
-    digest = hashlib.sha256()
-    for leaf in jax.tree.leaves(tree):
-        leaf = np.ascontiguousarray(jax.device_get(leaf))
-        digest.update(f"{leaf.shape}{leaf.dtype}".encode())
-        digest.update(leaf.tobytes())
-    return digest.hexdigest()
-
-
 def run(config: Config, *, checkpoint_dir: Optional[str] = None, resume: bool = False) -> Result:
     """Train and evaluate; checkpoints go to ``checkpoint_dir`` (the CLI passes ``OUT/checkpoints``)."""
     key_data, key_init, key_fit, key_eval = jax.random.split(jax.random.key(config.seed), 4)  # noqa: RUF059
@@ -162,8 +153,8 @@ def run(config: Config, *, checkpoint_dir: Optional[str] = None, resume: bool = 
         "test_ece": float(metrics["ece"]),
         "num_steps": int(history.objective.size),
         "num_skipped": int(np.sum(history.skipped)),
-        "state_sha256": _digest(state),
-        "history_sha256": _digest(history),
+        "state_sha256": _data_digest(state),
+        "history_sha256": _data_digest(history),
     }
     lines = [
         f"# train: {config.objective} on {config.num_classes} Gaussian blobs in {config.num_features} dimensions",
