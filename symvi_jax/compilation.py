@@ -1,0 +1,100 @@
+"""XLA compilation: a persistent cache, and counts of what was compiled and what came from the cache.
+
+JAX can keep compiled programs on disk (``jax_compilation_cache_dir``); a second run of the same
+program then loads it instead of compiling. :func:`enable_cache` turns that on for every program
+(no minimum compile time or size), and :class:`CompileStats` listens to JAX's monitoring events to
+report the seconds spent in XLA compilation and the persistent cache's hits and misses. The CLI
+uses both: it prints a line like ``compile: 12.3 s for 8 programs; persistent cache: 8 hits, 0
+misses (~/.cache/symvi-jax/jax)``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Optional, Union
+
+import jax
+from jax._src import monitoring  # the listener registry; jax.monitoring re-exports registration only
+
+__all__ = ["default_cache_dir", "enable_cache", "CompileStats"]
+
+_BACKEND_COMPILE = "/jax/core/compile/backend_compile_duration"
+_CACHE_HIT = "/jax/compilation_cache/cache_hits"
+_CACHE_MISS = "/jax/compilation_cache/cache_misses"
+
+
+def default_cache_dir() -> Path:
+    """``$SYMVI_JAX_CACHE``, else ``$XDG_CACHE_HOME/symvi-jax/jax``, else ``~/.cache/symvi-jax/jax``."""
+    if os.environ.get("SYMVI_JAX_CACHE"):
+        return Path(os.environ["SYMVI_JAX_CACHE"])
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "symvi-jax" / "jax"
+
+
+def enable_cache(directory: Optional[Union[str, os.PathLike]] = None) -> Path:
+    """Cache every compiled program in ``directory`` (default :func:`default_cache_dir`).
+
+    Raises:
+      ValueError: if the directory cannot be created or written.
+    """
+    path = Path(directory) if directory is not None else default_cache_dir()
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ValueError(f"compile cache directory {path}: cannot create it ({err.strerror})") from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise ValueError(f"compile cache directory {path}: not writable")
+    jax.config.update("jax_compilation_cache_dir", str(path))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+    return path
+
+
+class CompileStats:
+    """Counts XLA compilations, their seconds and persistent-cache hits while it is listening.
+
+    Use as a context manager; the counts stay readable afterwards.
+    """
+
+    def __init__(self):
+        self.compile_seconds = 0.0
+        self.compilations = 0
+        self.cache_hits = 0
+        self.cache_misses = 0
+        self._listening = False
+
+    def _on_event(self, event: str, **kwargs) -> None:
+        if not self._listening:
+            return
+        if event == _CACHE_HIT:
+            self.cache_hits += 1
+        elif event == _CACHE_MISS:
+            self.cache_misses += 1
+
+    def _on_duration(self, event: str, duration: float, **kwargs) -> None:
+        if self._listening and event == _BACKEND_COMPILE:
+            self.compile_seconds += duration
+            self.compilations += 1
+
+    def __enter__(self) -> "CompileStats":
+        self._listening = True
+        monitoring.register_event_listener(self._on_event)
+        monitoring.register_event_duration_secs_listener(self._on_duration)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._listening = False
+        for name, fn in (("unregister_event_listener", self._on_event),
+                         ("unregister_event_duration_listener", self._on_duration)):
+            unregister = getattr(monitoring, name, None)
+            if unregister is not None:
+                try:
+                    unregister(fn)
+                except (AssertionError, ValueError, KeyError):
+                    pass  # already gone
+
+    def summary(self, cache_dir: Optional[Path] = None) -> str:
+        where = f" ({cache_dir})" if cache_dir is not None else " (off)"
+        return (f"compile: {self.compile_seconds:.1f} s for {self.compilations} programs; persistent cache: "
+                f"{self.cache_hits} hits, {self.cache_misses} misses{where}")

@@ -1,0 +1,21 @@
+"""The persistent compile cache: a second process loads what the first compiled."""
+
+import subprocess
+import sys
+
+SCRIPT = """
+import jax, jax.numpy as jnp
+from symvi_jax import compilation
+path = compilation.enable_cache(sys.argv[1])
+with compilation.CompileStats() as stats:
+    jax.jit(lambda x: jnp.tanh(x) @ x.T + 2.0)(jnp.ones((7, 7))).block_until_ready()
+print(stats.cache_hits, stats.cache_misses)
+"""
+
+
+def test_second_process_hits_the_persistent_cache(tmp_path):
+    runs = [subprocess.run([sys.executable, "-c", "import sys\n" + SCRIPT, str(tmp_path / "cache")],
+                           capture_output=True, text=True, check=True).stdout.split() for _ in range(2)]
+    (hits1, misses1), (hits2, misses2) = [tuple(map(int, r[-2:])) for r in runs]
+    assert misses1 >= 1 and hits1 == 0
+    assert hits2 >= 1 and misses2 == 0
