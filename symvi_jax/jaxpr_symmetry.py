@@ -42,7 +42,9 @@ from typing import Any, Callable, Optional, Sequence
 
 import jax
 import jax.extend.core as jcore
+import numpy as np
 
+from symvi_jax import symmetry
 from symvi_jax.types import ArrayTree
 
 __all__ = [
@@ -167,9 +169,7 @@ def infer_symmetry(
                 f"sign_flips=True but {len(lost)} factor(s) cannot flip signs: {details}. "
                 "Pass sign_flips=False for the permutation group alone."
             )
-    from symvi_jax.symmetry import WeightSymmetry  # the lead's group object
-
-    group = WeightSymmetry.from_axes(
+    group = symmetry.WeightSymmetry.from_axes(
         params, report.axes(), sign_flips=report.flip_names() if sign_flips else ()
     )
     if check:
@@ -409,7 +409,7 @@ def _elementwise(kind: str):
     """n-ary elementwise op. ``kind``: "odd", "even" (not odd), "add", "mul", "select"."""
 
     def rule(state, eqn, ins, outs, where):
-        if kind == "odd" and eqn.primitive.name == "integer_pow" and eqn.params["y"] % 2 == 0:
+        if kind == "odd" and not _is_odd(eqn):
             return _elementwise("even")(state, eqn, ins, outs, where)
         (out,) = outs
         carriers = [0] * len(out)
@@ -436,6 +436,30 @@ def _elementwise(kind: str):
                 state.break_flips(node, f"{where} of two values that carry the same units")
 
     return rule
+
+
+def _is_odd(eqn) -> bool:
+    """integer_pow with an even power, and casts to bool or unsigned ints, are not odd."""
+    if eqn.primitive.name == "integer_pow":
+        return eqn.params["y"] % 2 != 0
+    if eqn.primitive.name == "convert_element_type":
+        dtype = np.dtype(eqn.params["new_dtype"])
+        return np.issubdtype(dtype, np.floating) or np.issubdtype(dtype, np.complexfloating) or (
+            np.issubdtype(dtype, np.signedinteger))
+    return True
+
+
+def _slice(state, eqn, ins, outs, where):
+    """Axes taken whole map; an axis that is cut (or strided) is broken."""
+    strides = eqn.params.get("strides") or (1,) * len(ins[0])
+    for axis, (node, target) in enumerate(zip(ins[0], outs[0])):
+        whole = (eqn.params["start_indices"][axis] == 0 and strides[axis] == 1
+                 and eqn.params["limit_indices"][axis] == state.size[node])
+        if whole:
+            state.merge(node, target, where)
+        else:
+            state.break_node(node, f"{where} cuts the axis")
+            state.break_node(target, f"{where} cuts the axis")
 
 
 def _broadcast_in_dim(state, eqn, ins, outs, where):
@@ -489,9 +513,6 @@ def _reshape(state, eqn, ins, outs, where):
         else:
             for node in [operand[a] for a in group_in] + [out[a] for a in group_out]:
                 state.break_node(node, f"{where} that regroups axes {tuple(in_shape)} -> {tuple(out_shape)}")
-    for axis, node in enumerate(out):
-        if state.size[node] == 1:
-            state.break_flips(node, where)
 
 
 def _transpose(state, eqn, ins, outs, where):
@@ -624,6 +645,7 @@ _RULES: dict[str, Callable] = {
     "broadcast_in_dim": _broadcast_in_dim,
     "reshape": _reshape,
     "transpose": _transpose,
+    "slice": _slice,
     "squeeze": _squeeze,
     "reduce_sum": _reduce("sum"),
     "reduce_max": _reduce("max"),
