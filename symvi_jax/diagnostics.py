@@ -41,9 +41,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from symvi_jax import meanfield, permanent, proposals
+from symvi_jax import meanfield, permanent, proposals, units
 from symvi_jax.meanfield import MeanFieldState
-from symvi_jax.symmetry import PermutationGroup
+from symvi_jax.symmetry import WeightSymmetry, as_symmetry
 from symvi_jax.types import Array, ArrayTree, PRNGKey
 
 __all__ = [
@@ -81,10 +81,9 @@ class LayerMutualInformation(NamedTuple):
 
 
 def _check_group(group) -> None:
-    if not isinstance(group, PermutationGroup):
-        raise ValueError(f"group must be a PermutationGroup, got {type(group).__name__}")
-    if group.num_hidden_layers == 0:
-        raise ValueError("the network has no hidden layer")
+    as_symmetry(group)
+    if not group.factors:
+        raise ValueError("the group has no factor (the network has no hidden unit to permute)")
 
 
 def _check_positive_int(value, name: str) -> None:
@@ -93,13 +92,19 @@ def _check_positive_int(value, name: str) -> None:
 
 
 def _layer_terms_exact(q, w, group, layer):
-    log_a = permanent.unit_log_density_matrix(q, w, group, layer, method="pairwise")
-    d = log_a.shape[0]
-    return jnp.trace(log_a) - permanent.log_permanent(log_a) + math.lgamma(d + 1)
+    log_a, log_a_neg = units.unit_log_density_matrices(q, w, group, layer, method="pairwise")
+    log_b = log_a if log_a_neg is None else jnp.logaddexp(log_a, log_a_neg)
+    return jnp.trace(log_a) - permanent.log_permanent(log_b) + group.factors[layer].log_order()
 
 
 def _layer_terms_importance(rng_key, q, w, group, layer, num_permutations, temperature, num_iterations):
-    log_a = permanent.unit_log_density_matrix(q, w, group, layer)
+    if group.factors[layer].sign_flips:
+        raise ValueError(
+            f"factor {group.factors[layer].name!r} has sign flips and {group.factors[layer].size} units, more than "
+            "exact_max_width; the importance proposal draws permutations only, so raise exact_max_width "
+            f"(up to {permanent.MAX_WIDTH})"
+        )
+    log_a, _ = units.unit_log_density_matrices(q, w, group, layer)
     d = log_a.shape[0]
     log_f = proposals.balanced_log_weights(log_a, temperature=temperature, num_iterations=num_iterations)
     identity = jnp.arange(d, dtype=jnp.int32)
@@ -116,7 +121,7 @@ def _layer_terms_importance(rng_key, q, w, group, layer, num_permutations, tempe
 def layer_mutual_information(
     rng_key: PRNGKey,
     q: MeanFieldState,
-    group: PermutationGroup,
+    group: WeightSymmetry,
     *,
     num_samples: int,
     num_permutations: int = 20,
@@ -147,7 +152,7 @@ def layer_mutual_information(
     key_sample, key_perm = jax.random.split(rng_key)
     samples = meanfield.sample(key_sample, q, num_samples)
     values, errors, exact = [], [], []
-    for layer, d in enumerate(group.widths):
+    for layer, d in enumerate(group.sizes):
         if d <= exact_max_width:
             def fn(q, samples, key, layer=layer, d=d):
                 one = lambda w: _layer_terms_exact(q, w, group, layer)  # noqa: E731
@@ -167,12 +172,12 @@ def layer_mutual_information(
         errors.append(jnp.std(terms) / math.sqrt(num_samples))
         exact.append(is_exact)
     values = jnp.stack(values)
-    log_order = jnp.asarray([math.lgamma(d + 1) for d in group.widths], dtype=values.dtype)
+    log_order = jnp.asarray([f.log_order() for f in group.factors], dtype=values.dtype)
     fraction = jnp.where(log_order > 0, values / jnp.where(log_order > 0, log_order, 1.0), jnp.nan)
     return LayerMutualInformation(values, jnp.stack(errors), log_order, fraction, jnp.asarray(exact))
 
 
-def unit_kl(q: MeanFieldState, group: PermutationGroup, prior_scale: float = 1.0) -> tuple[Array, ...]:
+def unit_kl(q: MeanFieldState, group: WeightSymmetry, prior_scale: float = 1.0) -> tuple[Array, ...]:
     """KL(q_unit || N(0, s^2 I)) of every unit block (incoming, bias, outgoing), one array per layer."""
     _check_group(group)
     meanfield._check_positive(prior_scale, "prior_scale")
@@ -180,16 +185,16 @@ def unit_kl(q: MeanFieldState, group: PermutationGroup, prior_scale: float = 1.0
         raise ValueError(f"prior_scale must be a positive float, got {type(prior_scale).__name__}")
     sigma_tree = meanfield.scale(q)
     out = []
-    for layer in range(group.num_hidden_layers):
-        m = permanent.unit_features(q.loc, group, layer)
-        s = permanent.unit_features(sigma_tree, group, layer)
+    for layer in range(len(group.factors)):
+        m = units.unit_features(q.loc, group, layer)
+        s = units.unit_features(sigma_tree, group, layer)
         kl = math.log(prior_scale) - jnp.log(s) + (jnp.square(s) + jnp.square(m)) / (2 * prior_scale**2) - 0.5
         out.append(jnp.sum(kl, axis=1))
     return tuple(out)
 
 
 def collapsed_units(
-    q: MeanFieldState, group: PermutationGroup, prior_scale: float = 1.0, *, threshold: float = 1.0
+    q: MeanFieldState, group: WeightSymmetry, prior_scale: float = 1.0, *, threshold: float = 1.0
 ) -> tuple[int, ...]:
     """The number of units per hidden layer whose KL(q_unit || prior) is below ``threshold`` nats."""
     if not (isinstance(threshold, (int, float, np.floating)) and threshold > 0):
@@ -197,7 +202,7 @@ def collapsed_units(
     return tuple(int(jnp.sum(kl < threshold)) for kl in unit_kl(q, group, prior_scale))
 
 
-def nearest_equivalent_distance(params: ArrayTree, group: PermutationGroup) -> Array:
+def nearest_equivalent_distance(params: ArrayTree, group: WeightSymmetry) -> Array:
     """Per hidden layer, sqrt(2) min_{i != j} ||u_i - u_j|| / ||w|| (module docstring).
 
     Exact distance to the nearest equivalent mode for one hidden layer; inf for a layer of width 1.
@@ -205,15 +210,24 @@ def nearest_equivalent_distance(params: ArrayTree, group: PermutationGroup) -> A
     _check_group(group)
     norm = jnp.sqrt(sum(jnp.sum(jnp.square(x)) for x in jax.tree.leaves(params)))
     out = []
-    for layer, d in enumerate(group.widths):
-        if d < 2:
+    for layer, f in enumerate(group.factors):
+        d = f.size
+        u = units.unit_features(params, group, layer)
+        sq = jnp.sum(jnp.square(u), axis=1)
+        candidates = []
+        if d >= 2:
+            off = jnp.eye(d, dtype=bool)
+            dist2 = jnp.where(off, jnp.inf, jnp.maximum(sq[:, None] + sq[None, :] - 2 * u @ u.T, 0.0))
+            candidates.append(jnp.sqrt(2 * jnp.min(dist2)))
+            if f.sign_flips:  # a transposition with both units flipped: ||u_i + u_j||
+                dist2 = jnp.where(off, jnp.inf, jnp.maximum(sq[:, None] + sq[None, :] + 2 * u @ u.T, 0.0))
+                candidates.append(jnp.sqrt(2 * jnp.min(dist2)))
+        if f.sign_flips:  # one unit flipped: ||w - g.w|| = 2 ||u_i||
+            candidates.append(2 * jnp.sqrt(jnp.min(sq)))
+        if not candidates:
             out.append(jnp.asarray(jnp.inf, dtype=norm.dtype))
             continue
-        u = permanent.unit_features(params, group, layer)
-        sq = jnp.sum(jnp.square(u), axis=1)
-        dist2 = sq[:, None] + sq[None, :] - 2 * u @ u.T
-        dist2 = jnp.where(jnp.eye(d, dtype=bool), jnp.inf, jnp.maximum(dist2, 0.0))
-        out.append(jnp.sqrt(2 * jnp.min(dist2)) / norm)
+        out.append(jnp.min(jnp.stack(candidates)) / norm)
     return jnp.stack(out)
 
 
@@ -241,7 +255,7 @@ class SymmetryReport(NamedTuple):
 def report(
     rng_key: PRNGKey,
     q: MeanFieldState,
-    group: PermutationGroup,
+    group: WeightSymmetry,
     *,
     prior_scale: float = 1.0,
     num_samples: int = 32,
@@ -266,5 +280,5 @@ def report(
         layers=layers,
         collapsed_units=collapsed_units(q, group, prior_scale, threshold=threshold),
         nearest_mode_distance=nearest_equivalent_distance(q.loc, group),
-        widths=group.widths,
+        widths=group.sizes,
     )

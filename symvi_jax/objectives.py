@@ -23,10 +23,10 @@ import numpy as np
 
 from symvi_jax import meanfield, orbits
 from symvi_jax.meanfield import MeanFieldState
-from symvi_jax.symmetry import PermutationGroup
+from symvi_jax.symmetry import WeightSymmetry, as_symmetry
 from symvi_jax.types import Array, ArrayTree, PRNGKey
 
-__all__ = ["ObjectiveInfo", "elbo", "symmetrized_elbo", "OBJECTIVES", "KL_ESTIMATORS"]
+__all__ = ["ObjectiveInfo", "elbo", "symmetrized_elbo", "check_prior_invariant", "OBJECTIVES", "KL_ESTIMATORS"]
 
 
 class ObjectiveInfo(NamedTuple):
@@ -50,6 +50,21 @@ class ObjectiveInfo(NamedTuple):
 def _check_positive_int(value, name: str) -> None:
     if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
         raise ValueError(f"{name} must be a positive int, got {value!r}")
+
+
+def check_prior_invariant(group: WeightSymmetry, prior_scale) -> None:
+    """Raise ``ValueError`` unless a per-leaf prior-scale tree is invariant under ``group``.
+
+    Scalar leaves (one scale per leaf) are invariant; array leaves must give every unit of a
+    factor the same scales, otherwise KL(q^G || p) != KL(q || p) - I and L^G is not a bound.
+    """
+    if jax.tree_util.treedef_is_leaf(jax.tree.structure(prior_scale)):
+        return
+    if not group.is_invariant(prior_scale):
+        raise ValueError(
+            "prior_scale is not invariant under the group: every unit of a factor must share its prior "
+            "scales, otherwise the symmetrized ELBO is not a bound"
+        )
 
 
 def _expected_loglikelihood(loglikelihood_fn, samples, batch, data_size) -> Array:
@@ -119,7 +134,7 @@ def symmetrized_elbo(
     batch,
     *,
     loglikelihood_fn: Callable[[ArrayTree, object], Array],
-    group: PermutationGroup,
+    group: WeightSymmetry,
     data_size: int,
     prior_scale: Union[float, ArrayTree] = 1.0,
     num_samples: int = 1,
@@ -132,7 +147,8 @@ def symmetrized_elbo(
     """L^K = L + I^K, the ELBO of the symmetrized posterior q^G (see the module docstring).
 
     Args:
-      group: the network's ``PermutationGroup``; the prior must be invariant under it.
+      group: the network's ``WeightSymmetry`` (e.g. ``infer_symmetry`` or
+        ``PermutationGroup.from_params``); the prior must be invariant under it.
       num_permutations: K (``"infonce"``, ``"importance"``); None for ``"exact"``.
       estimator: a name in ``orbits.ESTIMATORS``.
       temperature: the proposal's tempering for ``estimator="importance"`` (None: 1).
@@ -146,13 +162,7 @@ def symmetrized_elbo(
     """
     _check_positive_int(data_size, "data_size")
     _check_positive_int(num_samples, "num_samples")
-    if not isinstance(group, PermutationGroup):
-        raise ValueError(f"group must be a PermutationGroup, got {type(group).__name__}")
-    if isinstance(prior_scale, Mapping) and not group.is_invariant(prior_scale):
-        raise ValueError(
-            "prior_scale is not invariant under the permutation group: every unit of a hidden layer "
-            "must share its prior scales, otherwise the symmetrized ELBO is not a bound"
-        )
+    check_prior_invariant(as_symmetry(group), prior_scale)
     key_sample, key_perm = jax.random.split(rng_key)
     samples = meanfield.sample(key_sample, q, num_samples)
     expected_ll = _expected_loglikelihood(loglikelihood_fn, samples, batch, data_size)

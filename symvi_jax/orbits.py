@@ -43,9 +43,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from symvi_jax import meanfield, permanent, proposals
+from symvi_jax import meanfield, permanent, proposals, units
 from symvi_jax.meanfield import MeanFieldState
-from symvi_jax.symmetry import PermutationGroup
+from symvi_jax.symmetry import WeightSymmetry, _decode, _moved_axis, _split_wrapper, as_symmetry, leaf_paths
 from symvi_jax.types import Array, ArrayTree, Permutation, PRNGKey
 
 __all__ = [
@@ -70,64 +70,61 @@ def map_over(fn: Callable, xs, chunk_size: Optional[int] = None):
     return jax.lax.map(fn, xs, batch_size=int(chunk_size))
 
 
-def _own_blocks(tree: ArrayTree, group: PermutationGroup, layer: int) -> bool:
-    """Whether hidden layer ``layer`` has leaves that move with its permutation alone."""
-    names, last = group.layer_names, group.num_hidden_layers - 1
-    inner = tree["params"] if set(tree) == {"params"} else tree
-    lower, upper = inner.get(names[layer], {}), inner.get(names[layer + 1], {})
-    return (layer == 0 and "kernel" in lower) or "bias" in lower or (layer == last and "kernel" in upper)
+def _gathered_log_ratio(leaf, loc, scale, entries, elements, group: WeightSymmetry) -> Array:
+    """log q_leaf(g.w) - log q_leaf(w) for one leaf moved by several factors, one element ``elements``."""
+    moved = leaf
+    for (index, member), v in zip(entries, elements):
+        p, s = _decode(v) if group.factors[index].sign_flips else (v, None)
+        moved = _moved_axis(moved, member, group.factors[index].size, p, s)
+    return -0.5 * jnp.sum(jnp.square((moved - loc) / scale) - jnp.square((leaf - loc) / scale))
 
 
 def assignment_log_ratios(
     q: MeanFieldState,
     params: ArrayTree,
     assignments: Permutation,
-    group: PermutationGroup,
+    group: WeightSymmetry,
     *,
     chunk_size: Optional[int] = None,
 ) -> Array:
     """log q(sigma_k.w) - log q(w) for every stacked element sigma_k (leading axis K).
 
-    No permuted copy of w is formed for the leaves that move with one layer's permutation alone:
-    hidden layer l's bias, and the incoming kernel columns of the first hidden layer and the
-    outgoing rows of the last. Their contribution is a sum over slots of a d_l x d_l matrix
-    A_l[i, j] = log f_i(u_j) (the density of slot i's factor at unit j; ``permanent``), built with
-    one matrix product,
+    No moved copy of w is formed for the leaves that move with one factor alone (``units``: a
+    hidden layer's bias, the first layer's kernel columns, the last layer's kernel rows). Their
+    contribution is a sum over slots of a d x d matrix A_f[i, j] = log f_i(u_j) (and A^-_f for
+    sign flips), built with one matrix product,
 
-        log q(sigma.w) - log q(w) = sum_l sum_i (A_l[i, sigma_l(i)] - A_l[i, i])
-                                    + sum_{kernels W between two hidden layers} [log q_W(W[sigma_{l-1}][:, sigma_l]) - log q_W(W)],
+        log q(sigma.w) - log q(w) = sum_f sum_i (A^{s_i}_f[i, p_f(i)] - A_f[i, i])
+                                    + sum_{leaves moved by several factors} [log q_leaf(sigma.w) - log q_leaf(w)],
 
-    and only the kernels between two hidden layers are gathered once per element (vmapped, or
-    ``lax.map`` in chunks of ``chunk_size``). Everything not moved by G cancels.
+    and only the leaves moved by several factors (Dense kernels between two hidden layers) are
+    gathered once per element (vmapped, or ``lax.map`` in chunks of ``chunk_size``). Everything
+    not moved by G cancels.
     """
-    names = group.layer_names
     sigma_tree = meanfield.scale(q)
+    lay = units.layout(group, params)
     total = 0.0
-    for layer in range(group.num_hidden_layers):
-        if not _own_blocks(params, group, layer):
+    for index, members in enumerate(lay.single):
+        if not members:
             continue
-        blocks = dict(incoming=layer == 0, outgoing=layer == group.num_hidden_layers - 1)
-        x = permanent.unit_features(params, group, layer, **blocks)
-        loc = permanent.unit_features(q.loc, group, layer, **blocks)
-        scale = permanent.unit_features(sigma_tree, group, layer, **blocks)
-        log_a = permanent._density_matrix(x, loc, scale)
-        delta = log_a - jnp.diag(log_a)[:, None]  # A[i, j] - A[i, i]
+        log_a, log_a_neg = units.unit_log_density_matrices(q, params, group, index, members)
+        diag = jnp.diag(log_a)[:, None]
         slots = jnp.arange(log_a.shape[0])
-        total = total + jnp.sum(delta[slots, assignments[layer]], axis=-1)
-    inner_w = params["params"] if set(params) == {"params"} else params
-    inner_m = q.loc["params"] if set(q.loc) == {"params"} else q.loc
-    inner_s = sigma_tree["params"] if set(sigma_tree) == {"params"} else sigma_tree
-    for layer in range(1, group.num_hidden_layers):  # Dense_layer joins hidden layers layer-1 and layer
-        name = names[layer]
-        if "kernel" not in inner_w.get(name, {}):
-            continue
-        kernel, loc, scale = inner_w[name]["kernel"], inner_m[name]["kernel"], inner_s[name]["kernel"]
-
-        def moved(rows, cols, kernel=kernel, loc=loc, scale=scale):
-            permuted = jnp.take(jnp.take(kernel, rows, axis=0), cols, axis=1)
-            return -0.5 * jnp.sum(jnp.square((permuted - loc) / scale) - jnp.square((kernel - loc) / scale))
-
-        total = total + map_over(lambda pair: moved(*pair), (assignments[layer - 1], assignments[layer]), chunk_size)
+        if log_a_neg is None:
+            total = total + jnp.sum((log_a - diag)[slots, assignments[index]], axis=-1)
+        else:
+            p, s = _decode(assignments[index])
+            moved = jnp.where(s < 0, (log_a_neg - diag)[slots, p], (log_a - diag)[slots, p])
+            total = total + jnp.sum(moved, axis=-1)
+    if lay.multi:
+        inner_w, inner_m, inner_s = (leaf_paths(_split_wrapper(group, t)[0]) for t in (params, q.loc, sigma_tree))
+        for path, entries in lay.multi:
+            leaf, loc, scale = inner_w[path], inner_m[path], inner_s[path]
+            elements = tuple(assignments[index] for index, _ in entries)
+            total = total + map_over(
+                lambda els, leaf=leaf, loc=loc, scale=scale, entries=entries: _gathered_log_ratio(
+                    leaf, loc, scale, entries, els, group),
+                elements, chunk_size)
     return total
 
 
@@ -135,7 +132,7 @@ def orbit_log_probs(
     q: MeanFieldState,
     params: ArrayTree,
     elements: Permutation,
-    group: PermutationGroup,
+    group: WeightSymmetry,
     *,
     chunk_size: Optional[int] = None,
 ) -> Array:
@@ -150,7 +147,7 @@ def orbit_log_probs(
 def symmetrized_log_prob(
     q: MeanFieldState,
     params: ArrayTree,
-    group: PermutationGroup,
+    group: WeightSymmetry,
     *,
     chunk_size: Optional[int] = None,
 ) -> Array:
@@ -160,7 +157,7 @@ def symmetrized_log_prob(
     every enumerated element.
 
     Raises:
-      ValueError: if G is too large to enumerate (see ``PermutationGroup.elements``).
+      ValueError: if G is too large to enumerate (see ``WeightSymmetry.elements``).
     """
     ratios = assignment_log_ratios(q, params, group.elements(), group, chunk_size=chunk_size)
     return meanfield.log_prob(q, params) + jax.nn.logsumexp(ratios) - group.log_order()
@@ -186,9 +183,19 @@ def _infonce_terms(rng_key, q, samples, group, *, num_permutations, chunk_size):
     return jnp.log(k) - jax.nn.logsumexp(jnp.concatenate([jnp.zeros_like(ratios[:, :1]), ratios], axis=1), axis=1)
 
 
-def uses_permanent(group: PermutationGroup) -> bool:
-    """Whether ``estimator="exact"`` takes the permanent path: one hidden layer, width <= MAX_WIDTH."""
-    return group.num_hidden_layers == 1 and group.widths[0] <= permanent.MAX_WIDTH
+def uses_permanent(group: WeightSymmetry, params: Optional[ArrayTree] = None) -> bool:
+    """Whether ``estimator="exact"`` takes the permanent path.
+
+    It does when no leaf of ``params`` (default: every leaf the group names) is moved by two
+    factors, so q(sigma.w) factorises over each factor's units, and every factor has at most
+    ``permanent.MAX_WIDTH`` units: a Dense chain with one hidden layer, or any net whose factors
+    touch disjoint leaves.
+    """
+    if not group.factors or any(d > permanent.MAX_WIDTH for d in group.sizes):
+        return False
+    if params is None:
+        return all(len(entries) == 1 for entries in group.members_by_leaf().values())
+    return not units.layout(group, params).multi
 
 
 #: The permanent's DP holds 2^d values per sample; above this width the samples are mapped one
@@ -205,9 +212,9 @@ def _exact_terms(rng_key, q, samples, group, *, num_permutations, chunk_size):
             f"(or {order}), got {num_permutations}"
         )
     log_q = meanfield.log_prob(q, samples)
-    if uses_permanent(group):
+    if uses_permanent(group, q.loc):
         one = lambda w: permanent.symmetrized_log_prob(q, w, group)  # noqa: E731
-        if group.widths[0] <= _PERMANENT_VMAP_WIDTH and chunk_size is None:
+        if max(group.sizes) <= _PERMANENT_VMAP_WIDTH and chunk_size is None:
             log_qg = jax.vmap(one)(samples)
         else:
             log_qg = jax.lax.map(one, samples, batch_size=chunk_size or 1)
@@ -220,7 +227,7 @@ def importance_terms(
     rng_key: PRNGKey,
     q: MeanFieldState,
     samples: ArrayTree,
-    group: PermutationGroup,
+    group: WeightSymmetry,
     *,
     num_permutations: int,
     chunk_size: Optional[int] = None,
@@ -334,7 +341,7 @@ def mutual_information_terms(
     rng_key: PRNGKey,
     q: MeanFieldState,
     samples: ArrayTree,
-    group: PermutationGroup,
+    group: WeightSymmetry,
     *,
     num_permutations: Optional[int],
     estimator: str = "infonce",
@@ -347,7 +354,8 @@ def mutual_information_terms(
     is the proposal's tempering for ``"importance"`` (None: its default, 1).
     """
     _check_estimator(estimator, num_permutations, temperature)
-    if not group.widths:  # no hidden layer: G is trivial and I(g; w) = 0
+    as_symmetry(group)
+    if not group.factors:  # nothing to permute: G is trivial and I(g; w) = 0
         return jnp.zeros(jax.tree.leaves(samples)[0].shape[:1])
     extra = {} if temperature is None else {"temperature": temperature}
     return ESTIMATORS[estimator](
@@ -358,7 +366,7 @@ def mutual_information_terms(
 def mutual_information(
     rng_key: PRNGKey,
     q: MeanFieldState,
-    group: PermutationGroup,
+    group: WeightSymmetry,
     *,
     num_samples: int,
     num_permutations: Optional[int] = None,

@@ -48,9 +48,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from symvi_jax import meanfield
+from symvi_jax import meanfield, units
 from symvi_jax.meanfield import MeanFieldState
-from symvi_jax.symmetry import PermutationGroup
+from symvi_jax.symmetry import PermutationGroup, WeightSymmetry, leaf_paths
 from symvi_jax.types import Array, ArrayTree
 
 __all__ = [
@@ -69,81 +69,63 @@ MAX_WIDTH = 22
 _HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
 
 
-def _unwrap(tree):
-    if isinstance(tree, Mapping) and set(tree.keys()) == {"params"}:
-        return tree["params"]
-    return tree
+def _check_layer(group: WeightSymmetry, layer: int) -> None:
+    if not isinstance(layer, (int, np.integer)) or not 0 <= layer < len(group.factors):
+        raise ValueError(f"layer must be a factor index in [0, {len(group.factors)}), got {layer!r}")
 
 
-def _check_layer(group: PermutationGroup, layer: int) -> None:
-    if not isinstance(layer, (int, np.integer)) or not 0 <= layer < group.num_hidden_layers:
-        raise ValueError(f"layer must be a hidden-layer index in [0, {group.num_hidden_layers}), got {layer!r}")
+def _dense_members(group: WeightSymmetry, layer: int, incoming: bool, outgoing: bool):
+    """The members of factor ``layer`` selected by the Dense-chain flags (None: all of them)."""
+    if incoming and outgoing:
+        return None
+    if not isinstance(group, PermutationGroup):
+        raise ValueError("incoming=/outgoing= select the blocks of a Dense chain (PermutationGroup); "
+                         "for a general WeightSymmetry pass members= to units.unit_features")
+    lower, upper = group.layer_names[layer], group.layer_names[layer + 1]
+    skip = set()
+    if not incoming:
+        skip.add(f"{lower}/kernel")
+    if not outgoing:
+        skip.add(f"{upper}/kernel")
+    return tuple(m for m in group.factors[layer].members if m.path not in skip)
 
 
 def unit_features(
     tree: ArrayTree,
-    group: PermutationGroup,
+    group: WeightSymmetry,
     layer: int = 0,
     *,
     incoming: bool = True,
     outgoing: bool = True,
     incoming_perm: Optional[Array] = None,
 ) -> Array:
-    """The units of hidden layer ``layer`` as rows: ``(d_l, C)`` with C the per-unit size.
+    """The units of factor ``layer`` as rows: ``(d, C)`` with C the per-unit size (``units.unit_features``).
 
-    Row j is the concatenation of the leaves present in ``tree`` among ``W_l[:, j]`` (incoming
-    column, if ``incoming``), ``b_l[j]`` and ``W_{l+1}[j, :]`` (outgoing row, if ``outgoing``);
-    leaves held out of the tree (``nets.partition``) are skipped. ``incoming_perm`` gathers the
-    rows of W_l first (the permutation already applied to the layer below).
-
-    Works on any tree shaped like the params: a weight sample, ``q.loc`` or ``scale(q)``.
+    For a Dense chain row j is the concatenation of the leaves present in ``tree`` among
+    ``W_l[:, j]`` (incoming column, if ``incoming``), ``b_l[j]`` and ``W_{l+1}[j, :]`` (outgoing
+    row, if ``outgoing``); ``incoming_perm`` gathers the rows of W_l first (the permutation already
+    applied to the layer below).
     """
     _check_layer(group, layer)
-    inner = _unwrap(tree)
-    lower, upper = group.layer_names[layer], group.layer_names[layer + 1]
-    parts = []
-    if incoming and lower in inner and "kernel" in inner[lower]:
-        kernel = inner[lower]["kernel"]
-        if incoming_perm is not None:
-            kernel = jnp.take(kernel, incoming_perm, axis=0)
-        parts.append(kernel.T)
-    if lower in inner and "bias" in inner[lower]:
-        parts.append(inner[lower]["bias"][:, None])
-    if outgoing and upper in inner and "kernel" in inner[upper]:
-        parts.append(inner[upper]["kernel"])
-    if not parts:
-        raise ValueError(f"hidden layer {layer} has no leaves in the tree to build unit features from")
-    return jnp.concatenate(parts, axis=1)
+    members = _dense_members(group, layer, incoming, outgoing)
+    if members is not None:
+        present = leaf_paths(units.unwrap(tree))
+        members = tuple(m for m in members if m.path in present)
+        if not members:
+            raise ValueError(f"hidden layer {layer} has no leaves in the tree to build unit features from")
+    others = {layer - 1: incoming_perm} if incoming_perm is not None else None
+    return units.unit_features(tree, group, layer, members, others=others)
 
 
 def _density_matrix(x: Array, loc: Array, sigma: Array, method: str = "matmul") -> Array:
-    """A[i, j] = sum_c log N(x[j, c]; loc[i, c], sigma[i, c]^2), by one matrix product or pairwise.
-
-    ``x`` and ``loc`` index the same units, so the diagonal A[i, i] (which carries log q(w)
-    itself) is always formed from the differences directly. Off the diagonal, ``"matmul"``
-    expands the square into one matrix product after centring x and loc on the mean slot, which
-    leaves every difference unchanged and keeps the cancellation error small relative to them.
-    """
-    const = jnp.sum(-jnp.log(sigma) - _HALF_LOG_2PI, axis=1)
-    if method == "pairwise":
-        z = (x[None, :, :] - loc[:, None, :]) / sigma[:, None, :]  # (slots, units, C)
-        return -0.5 * jnp.sum(jnp.square(z), axis=2) + const[:, None]
-    if method != "matmul":
-        raise ValueError(f"method must be 'matmul' or 'pairwise', got {method!r}")
-    precision = 1.0 / jnp.square(sigma)
-    centre = jax.lax.stop_gradient(jnp.mean(loc, axis=0))
-    u, m = x - centre, loc - centre
-    left = jnp.concatenate([jnp.square(u), u], axis=1)  # (d, 2C) units
-    right = jnp.concatenate([-0.5 * precision, m * precision], axis=1)  # (d, 2C) slots
-    off = right @ left.T + (const - 0.5 * jnp.sum(jnp.square(m) * precision, axis=1))[:, None]
-    diag = -0.5 * jnp.sum(jnp.square(x - loc) * precision, axis=1) + const
-    return jnp.where(jnp.eye(x.shape[0], dtype=bool), diag[:, None], off)
+    """Deprecated alias of ``units.log_density_matrix``."""
+    return units.log_density_matrix(x, loc, sigma, method)
 
 
 def unit_log_density_matrix(
     q: MeanFieldState,
     params: ArrayTree,
-    group: PermutationGroup,
+    group: WeightSymmetry,
     layer: int = 0,
     *,
     incoming: bool = True,
@@ -154,32 +136,36 @@ def unit_log_density_matrix(
     """A[i, j] = log f_i(u_j): slot i's factor of q evaluated at unit j of ``params``.
 
     The flags select which blocks of each unit enter (see :func:`unit_features`); the slot
-    factors always use q's own, unpermuted incoming rows. ``method``: ``"matmul"`` (one matrix
+    factors always use q's own, unpermuted leaves. ``method``: ``"matmul"`` (one matrix
     product, O(d C + d^2) memory) or ``"pairwise"`` (direct differences, O(d^2 C) memory, no
-    cancellation; see the module docstring).
+    cancellation; see ``units``).
     """
     x = unit_features(params, group, layer, incoming=incoming, outgoing=outgoing, incoming_perm=incoming_perm)
     loc = unit_features(q.loc, group, layer, incoming=incoming, outgoing=outgoing)
     sigma = unit_features(meanfield.scale(q), group, layer, incoming=incoming, outgoing=outgoing)
-    return _density_matrix(x, loc, sigma, method)
+    return units.log_density_matrix(x, loc, sigma, method)
 
 
-def static_log_prob(q: MeanFieldState, params: ArrayTree, group: PermutationGroup, layer: int = 0) -> Array:
-    """log q of every weight that permuting hidden layer ``layer`` leaves in place.
+def static_log_prob(q: MeanFieldState, params: ArrayTree, group: WeightSymmetry, layer: Optional[int] = 0) -> Array:
+    """log q of every weight that permuting factor ``layer`` (None: every factor) leaves in place.
 
     ``static_log_prob + trace(A) == meanfield.log_prob(q, params)`` for A from
-    :func:`unit_log_density_matrix` with all blocks.
+    :func:`unit_log_density_matrix` with all blocks (one factor), or with the trace summed over
+    every factor for ``layer=None`` when no leaf is moved by two factors.
     """
-    _check_layer(group, layer)
-    moving = {group.layer_names[layer]: ("kernel", "bias"), group.layer_names[layer + 1]: ("kernel",)}
-    inner_w, inner_m, inner_s = _unwrap(params), _unwrap(q.loc), _unwrap(meanfield.scale(q))
-    total = jnp.zeros((), dtype=jnp.result_type(*jax.tree.leaves(inner_w)))
-    for name, layer_params in inner_w.items():
-        for leaf, x in layer_params.items():
-            if leaf in moving.get(name, ()):
-                continue
-            m, s = inner_m[name][leaf], inner_s[name][leaf]
-            total = total + jnp.sum(-0.5 * jnp.square((x - m) / s) - jnp.log(s) - _HALF_LOG_2PI)
+    if layer is not None:
+        _check_layer(group, layer)
+    indices = range(len(group.factors)) if layer is None else (layer,)
+    moving = {m.path for i in indices for m in group.factors[i].members}
+    inner_w = leaf_paths(units.unwrap(params))
+    inner_m = leaf_paths(units.unwrap(q.loc))
+    inner_s = leaf_paths(units.unwrap(meanfield.scale(q)))
+    total = jnp.zeros((), dtype=jnp.result_type(*inner_w.values()))
+    for path, x in inner_w.items():
+        if path in moving:
+            continue
+        m, s = inner_m[path], inner_s[path]
+        total = total + jnp.sum(-0.5 * jnp.square((x - m) / s) - jnp.log(s) - _HALF_LOG_2PI)
     return total
 
 
@@ -226,20 +212,38 @@ def log_permanent(log_a: Array) -> Array:
     return table[(1 << d) - 1]
 
 
-def symmetrized_log_prob(q: MeanFieldState, params: ArrayTree, group: PermutationGroup) -> Array:
-    """Exact log q^G(w) for a network with one hidden layer, via the permanent (module docstring).
+def symmetrized_log_prob(q: MeanFieldState, params: ArrayTree, group: WeightSymmetry) -> Array:
+    """Exact log q^G(w) when no leaf is moved by two factors, via one permanent per factor.
+
+    Then q(sigma.w) = q_static(w) prod_f prod_i exp(B_f[i, sigma_f(i)]) and
+
+        log q^G(w) = log q_static(w) + sum_f [log perm(exp B_f) - log|G_f|],
+
+    with B_f = A_f for a permutation factor and B_f = logaddexp(A_f, A^-_f) for a factor with
+    sign flips (each unit may enter either way; |G_f| = 2^d d!). For a Dense chain this is the
+    network with one hidden layer.
 
     Raises:
-      ValueError: if the network has more than one hidden layer (then q(g^{-1}.w) does not
-        factorise over units; enumerate with ``orbits.symmetrized_log_prob`` instead) or the
-        width exceeds ``MAX_WIDTH``.
+      ValueError: if some leaf of ``params`` is moved by two factors (then q(g^{-1}.w) does not
+        factorise over units; enumerate with ``orbits.symmetrized_log_prob`` instead) or a
+        factor is wider than ``MAX_WIDTH``.
     """
-    if group.num_hidden_layers != 1:
+    lay = units.layout(group, params)
+    if lay.multi:
         raise ValueError(
-            f"the permanent gives q^G only for one hidden layer, got {group.num_hidden_layers} hidden layers; "
-            "use orbits.symmetrized_log_prob (enumeration) for small deeper nets"
+            f"the permanent gives q^G only when no leaf is moved by two factors, but {[p for p, _ in lay.multi]} "
+            "are (a Dense chain with more than one hidden layer); use orbits.symmetrized_log_prob (enumeration) "
+            "for small deeper nets"
         )
-    if group.widths[0] > MAX_WIDTH:
-        raise ValueError(f"the permanent handles widths up to MAX_WIDTH = {MAX_WIDTH}, got {group.widths[0]}")
-    log_a = unit_log_density_matrix(q, params, group, 0, method="pairwise")
-    return static_log_prob(q, params, group, 0) + log_permanent(log_a) - group.log_order()
+    for f in group.factors:
+        if f.size > MAX_WIDTH:
+            raise ValueError(f"the permanent handles widths up to MAX_WIDTH = {MAX_WIDTH}, got factor {f.name!r} "
+                             f"with {f.size} units")
+    total = static_log_prob(q, params, group, None)
+    for index, members in enumerate(lay.single):
+        if not members:
+            continue
+        log_a, log_a_neg = units.unit_log_density_matrices(q, params, group, index, members, method="pairwise")
+        log_b = log_a if log_a_neg is None else jnp.logaddexp(log_a, log_a_neg)
+        total = total + log_permanent(log_b)
+    return total - group.log_order()

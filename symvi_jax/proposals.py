@@ -39,15 +39,15 @@ drawn assignment a scan over the d slots of O(d) work each.
 from __future__ import annotations
 
 import math
-from typing import Optional
+from typing import Mapping, Optional
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from symvi_jax import permanent
+from symvi_jax import units
 from symvi_jax.meanfield import MeanFieldState
-from symvi_jax.symmetry import PermutationGroup
+from symvi_jax.symmetry import WeightSymmetry, as_symmetry, leaf_paths
 from symvi_jax.types import Array, ArrayTree, Permutation, PRNGKey
 
 __all__ = [
@@ -108,23 +108,43 @@ def balanced_log_weights(
     return jnp.maximum(log_f - jnp.max(log_f, axis=1, keepdims=True), 2 * LOG_FLOOR)
 
 
+def _drawn_members(group: WeightSymmetry, factor: int, params: ArrayTree) -> tuple:
+    """Factor ``factor``'s present members whose leaf no later factor touches (drawn in factor order)."""
+    present = leaf_paths(units.unwrap(params))
+    by_leaf = group.members_by_leaf()
+    return tuple(
+        m for m in group.factors[factor].members
+        if m.path in present and all(index <= factor for index, _ in by_leaf[m.path])
+        and sum(1 for index, _ in by_leaf[m.path] if index == factor) == 1
+    )
+
+
 def layer_log_weights(
     q: MeanFieldState,
     params: ArrayTree,
-    group: PermutationGroup,
+    group: WeightSymmetry,
     layer: int,
-    incoming_perm: Optional[Array] = None,
+    incoming_perm=None,
     *,
     temperature: float = 1.0,
     num_iterations: int = SINKHORN_ITERATIONS,
+    drawn: Optional[Mapping[int, Array]] = None,
 ) -> Array:
-    """log F for hidden layer ``layer`` of the weight sample ``params`` (see the module docstring).
+    """log F for factor ``layer`` of the weight sample ``params`` (see the module docstring).
 
-    The compatibilities use each unit's incoming column (rows gathered by ``incoming_perm``, the
-    assignment drawn for the layer below), its bias, and for the last hidden layer its outgoing row.
+    The compatibilities use the factor's units in every leaf that no later factor touches, with
+    the leaves first moved by the assignments already ``drawn`` for earlier factors (for a Dense
+    chain: each unit's incoming column with its rows gathered by the layer below, its bias, and for
+    the last hidden layer its outgoing row). ``incoming_perm`` is the Dense-chain spelling of
+    ``drawn={layer - 1: incoming_perm}``. A factor with no such leaf gets the uniform proposal.
     """
-    last = layer == group.num_hidden_layers - 1
-    log_a = permanent.unit_log_density_matrix(q, params, group, layer, outgoing=last, incoming_perm=incoming_perm)
+    if incoming_perm is not None:
+        drawn = {**(drawn or {}), layer - 1: incoming_perm}
+    members = _drawn_members(group, layer, params)
+    if not members:
+        d = group.factors[layer].size
+        return jnp.zeros((d, d), dtype=jnp.result_type(*jax.tree.leaves(params)))
+    log_a, _ = units.unit_log_density_matrices(q, params, group, layer, members, others=drawn)
     return balanced_log_weights(log_a, temperature=temperature, num_iterations=num_iterations)
 
 
@@ -176,18 +196,23 @@ def sample_assignment(rng_key: PRNGKey, log_f: Array) -> tuple[Array, Array]:
     return assignment, jnp.sum(log_ps)
 
 
-def _check_one_sample(group: PermutationGroup, params: ArrayTree) -> None:
-    if not isinstance(group, PermutationGroup):
-        raise ValueError(f"group must be a PermutationGroup, got {type(group).__name__}")
-    if group.num_hidden_layers == 0:
-        raise ValueError("the network has no hidden layer to permute")
+def _check_one_sample(group: WeightSymmetry, params: ArrayTree) -> None:
+    as_symmetry(group)
+    if not group.factors:
+        raise ValueError("the group has no factor to permute")
+    flips = [f.name for f in group.factors if f.sign_flips]
+    if flips:
+        raise ValueError(
+            f"the importance proposal draws permutations only; factors {flips} have sign flips. Use "
+            "estimator='infonce' or 'exact' for groups with sign flips"
+        )
 
 
 def sample(
     rng_key: PRNGKey,
     q: MeanFieldState,
     params: ArrayTree,
-    group: PermutationGroup,
+    group: WeightSymmetry,
     num_samples: int,
     *,
     temperature: float = 1.0,
@@ -217,17 +242,15 @@ def sample(
         raise ValueError(f"num_samples must be a positive int, got {num_samples!r}")
 
     def one(key):
-        keys = jax.random.split(key, group.num_hidden_layers)
-        assignment, total = [], 0.0
-        previous = None
-        for layer in range(group.num_hidden_layers):
-            log_f = layer_log_weights(q, params, group, layer, previous, temperature=temperature,
-                                      num_iterations=num_iterations)
+        keys = jax.random.split(key, len(group.factors))
+        drawn, total = {}, 0.0
+        for layer in range(len(group.factors)):
+            log_f = layer_log_weights(q, params, group, layer, temperature=temperature,
+                                      num_iterations=num_iterations, drawn=drawn)
             sigma, log_p = sample_assignment(keys[layer], log_f)
-            assignment.append(sigma)
+            drawn[layer] = sigma
             total = total + log_p
-            previous = sigma
-        return tuple(assignment), total
+        return tuple(drawn[layer] for layer in range(len(group.factors))), total
 
     # Layer 0's weights do not depend on the key, so vmap computes them once for all draws.
     return jax.vmap(one)(jax.random.split(rng_key, num_samples))
@@ -236,7 +259,7 @@ def sample(
 def log_prob(
     q: MeanFieldState,
     params: ArrayTree,
-    group: PermutationGroup,
+    group: WeightSymmetry,
     assignment: Permutation,
     *,
     temperature: float = 1.0,
@@ -245,13 +268,12 @@ def log_prob(
     """log r(sigma | w) of one assignment (e.g. ``group.identity()``); see :func:`sample`."""
     _check_one_sample(group, params)
     _check_config(temperature, num_iterations)
-    if len(assignment) != group.num_hidden_layers:
-        raise ValueError(f"assignment must have one index array per hidden layer ({group.num_hidden_layers})")
-    total = 0.0
-    previous = None
+    if len(assignment) != len(group.factors):
+        raise ValueError(f"assignment must have one index array per factor ({len(group.factors)}), got {len(assignment)}")
+    total, drawn = 0.0, {}
     for layer, sigma in enumerate(assignment):
-        log_f = layer_log_weights(q, params, group, layer, previous, temperature=temperature,
-                                  num_iterations=num_iterations)
+        log_f = layer_log_weights(q, params, group, layer, temperature=temperature,
+                                  num_iterations=num_iterations, drawn=drawn)
         total = total + assignment_log_prob(log_f, sigma)
-        previous = sigma
+        drawn[layer] = sigma
     return total

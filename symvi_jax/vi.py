@@ -40,7 +40,7 @@ import optax
 
 from symvi_jax import meanfield, objectives, orbits
 from symvi_jax.meanfield import MeanFieldState
-from symvi_jax.symmetry import PermutationGroup
+from symvi_jax.symmetry import PermutationGroup, WeightSymmetry, as_symmetry, check_held_out
 from symvi_jax.types import Array, ArrayTree, PRNGKey
 
 __all__ = [
@@ -116,7 +116,7 @@ def build(
     *,
     data_size: int,
     objective: Union[str, ObjectiveFn] = "elbo",
-    group: Optional[PermutationGroup] = None,
+    group: Optional[WeightSymmetry] = None,
     num_samples: int = 1,
     num_permutations: Optional[int] = None,
     estimator: str = "infonce",
@@ -126,6 +126,7 @@ def build(
     skip_nonfinite: bool = False,
     track_grad_norm: bool = True,
     temperature: Optional[float] = None,
+    frozen: Optional[ArrayTree] = None,
 ) -> VIAlgorithm:
     """Bind a likelihood, an optimiser and the objective's configuration once.
 
@@ -136,7 +137,9 @@ def build(
       data_size: N, the training-set size (minibatch sums are scaled by N / M).
       objective: ``"elbo"`` (MFVI), ``"symmetrized_elbo"`` (L^K; needs ``group``) or a callable
         ``(rng_key, q, batch) -> (value, ObjectiveInfo)`` used as it is.
-      group: the permutation group, for the symmetrized objective.
+      group: the weight-space symmetry (``infer_symmetry``, ``WeightSymmetry.from_axes`` or
+        ``PermutationGroup.from_params``), for the symmetrized objective. Take it from the full
+        params; ``init`` checks it against the shapes of the params it is given.
       num_samples: S, weight samples per step.
       num_permutations: K for the ``"infonce"`` estimator (the identity is one of the K).
       estimator: a name in ``orbits.ESTIMATORS``.
@@ -153,6 +156,9 @@ def build(
         over the gradient stops XLA from fusing it into the optimiser update; at width 1024 on a
         CPU it costs about 10% of a step (``benchmarks/peers.py``). With False it is NaN.
       temperature: the proposal's tempering for ``estimator="importance"`` (None: 1).
+      frozen: the leaves held out of q with ``nets.partition`` (fixed, not inferred). A group
+        that moves one of them must leave it invariant; ``init`` checks that, and refuses a group
+        that moves a leaf that is neither in the params nor in ``frozen``.
     """
     if not callable(loglikelihood_fn):
         raise ValueError(f"loglikelihood_fn must be callable (params, batch) -> Array[M], got {type(loglikelihood_fn).__name__}")
@@ -172,7 +178,8 @@ def build(
         )
     elif objective == "symmetrized_elbo":
         if group is None:
-            raise ValueError("objective='symmetrized_elbo' needs group=PermutationGroup.from_params(params)")
+            raise ValueError("objective='symmetrized_elbo' needs group= (infer_symmetry(apply_fn, params, x) or "
+                             "PermutationGroup.from_params(params))")
         objective_fn = functools.partial(
             objectives.symmetrized_elbo,
             loglikelihood_fn=loglikelihood_fn,
@@ -195,6 +202,8 @@ def build(
             raise ValueError(f"{name} must be True or False, got {flag!r}")
 
     def init_fn(params: ArrayTree) -> VIState:
+        if group is not None and objective == "symmetrized_elbo":
+            check_held_out(group, params, frozen)
         return init(params, optimizer, init_scale=init_scale)
 
     def step_fn(rng_key: PRNGKey, state: VIState, batch: Any) -> tuple[VIState, VIInfo]:
@@ -216,19 +225,14 @@ def _check_config(objective, data_size, num_samples, num_permutations, estimator
     if chunk_size is not None:
         objectives._check_positive_int(chunk_size, "chunk_size")
     if objective == "symmetrized_elbo":
-        if not isinstance(group, PermutationGroup):
-            raise ValueError(f"group must be a PermutationGroup, got {type(group).__name__}")
+        as_symmetry(group)
         orbits._check_estimator(estimator, num_permutations, temperature)
         if estimator == "exact" and num_permutations is not None and num_permutations != group.order():
             raise ValueError(
                 f"estimator='exact' sums over all |G| = {group.order()} elements; num_permutations must be "
                 f"None (or {group.order()}), got {num_permutations}"
             )
-        if isinstance(prior_scale, Mapping) and not group.is_invariant(prior_scale):
-            raise ValueError(
-                "prior_scale is not invariant under the permutation group: every unit of a hidden layer must "
-                "share its prior scales, otherwise the symmetrized ELBO is not a bound"
-            )
+        objectives.check_prior_invariant(group, prior_scale)
     elif temperature is not None:
         raise ValueError("temperature applies to objective='symmetrized_elbo' with estimator='importance' only")
 

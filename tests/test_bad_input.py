@@ -147,9 +147,9 @@ def test_constructors_and_metrics_reject(make, message):
 
 def test_act_rejects_an_element_of_the_wrong_shape_or_not_a_permutation(setup):
     group, params = setup["group"], setup["params"]
-    with pytest.raises(ValueError, match=r"g\[0\] must be one index array of shape \(4,\)"):
+    with pytest.raises(ValueError, match=r"g for factor .Dense_0. must be one index array of shape \(4,\)"):
         group.act((jnp.arange(3),), params)
-    with pytest.raises(ValueError, match=r"g\[0\] must be a permutation of 0..3"):
+    with pytest.raises(ValueError, match=r"g for factor .Dense_0. must be a permutation of 0..3"):
         group.act((jnp.array([0, 1, 1, 3]),), params)
 
 

@@ -88,5 +88,5 @@ def test_bad_configuration_raises():
         proposals.sample(jax.random.key(0), q, w, group, 2, num_iterations=-1)
     with pytest.raises(ValueError, match="num_samples"):
         proposals.sample(jax.random.key(0), q, w, group, 0)
-    with pytest.raises(ValueError, match="one index array per hidden layer"):
+    with pytest.raises(ValueError, match="one index array per factor"):
         proposals.log_prob(q, w, group, ())

@@ -163,7 +163,7 @@ def test_group_rejects_inconsistent_construction():
     with pytest.raises(ValueError, match="positive"):
         PermutationGroup(widths=(0,), layer_names=("Dense_0", "Dense_1"))
     group = PermutationGroup(widths=(3,), layer_names=("Dense_0", "Dense_1"))
-    with pytest.raises(ValueError, match="one index array per hidden layer"):
+    with pytest.raises(ValueError, match="one index array per factor"):
         group.act((), {})
 
 
