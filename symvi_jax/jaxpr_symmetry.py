@@ -29,8 +29,8 @@ makes the channel class a factor with member ``("Dense_0/kernel", 0, 1)`` and ou
 Sign flips ``s in {+-1}^d`` multiply each array axis of the class by ``s``. They survive only
 where every operation on the class is odd in it (tanh, linear maps, products with values that
 do not carry the class, sums over other axes); relu, softplus, exp, squares, same-class
-products, LayerNorm and max-reductions break them. See ``docs/`` for the notation of the group
-action; the group object itself is ``symvi_jax.symmetry.WeightSymmetry``.
+products, LayerNorm and max-reductions break them. The group object, and the direction of its
+action, is ``symvi_jax.symmetry.WeightSymmetry``.
 """
 
 from __future__ import annotations
@@ -53,7 +53,6 @@ __all__ = [
     "SymmetryReport",
     "explain_symmetry",
     "infer_symmetry",
-    "leaf_path",
 ]
 
 Member = tuple[str, int, int]  # (leaf_path, axis, inner)
@@ -169,11 +168,17 @@ def infer_symmetry(
                 f"sign_flips=True but {len(lost)} factor(s) cannot flip signs: {details}. "
                 "Pass sign_flips=False for the permutation group alone."
             )
+    if not report.factors:  # nothing provable: the trivial group (from_axes needs a factor)
+        group = symmetry.WeightSymmetry(factors=())
+        return (group, report) if return_report else group
     group = symmetry.WeightSymmetry.from_axes(
-        params, report.axes(), sign_flips=report.flip_names() if sign_flips else ()
+        params,
+        report.axes(),
+        sign_flips=report.flip_names() if sign_flips else (),
+        sizes={factor.name: factor.size for factor in report.factors},
     )
-    if check:
-        group.check(apply_fn, params, inputs)
+    if check:  # jitted once here: make_jaxpr already traced it, and check calls it many times
+        group.check(jax.jit(apply_fn), params, inputs)
     return (group, report) if return_report else group
 
 
@@ -189,8 +194,8 @@ def explain_symmetry(
     del sign_flips
     if not callable(apply_fn):
         raise ValueError(f"apply_fn must be callable as apply_fn(params, inputs), got {type(apply_fn).__name__}")
-    leaves_with_path = jax.tree_util.tree_flatten_with_path(params)[0]
-    if not leaves_with_path:
+    paths = list(symmetry.leaf_paths(params))
+    if not paths:
         raise ValueError("params must be a pytree with at least one array leaf, found none")
     try:
         closed = jax.make_jaxpr(apply_fn)(params, inputs)
@@ -199,12 +204,12 @@ def explain_symmetry(
 
     state = _State()
     jaxpr = closed.jaxpr
-    num_params = len(leaves_with_path)
+    num_params = len(paths)
     in_labels = []
     for index, var in enumerate(jaxpr.invars):
         labels = state.fresh(var.aval.shape)
         if index < num_params:
-            path = leaf_path(leaves_with_path[index][0])
+            path = paths[index]
             for axis, node in enumerate(labels):
                 state.param_axes[node] = (index, path, axis)
         else:
@@ -217,19 +222,6 @@ def explain_symmetry(
         for node in labels:
             state.break_node(node, "reaches the output")
     return _resolve(state)
-
-
-def leaf_path(key_path: Sequence[Any]) -> str:
-    """``"Dense_0/kernel"``: the keys / indices / attribute names of a leaf joined by "/"."""
-    parts = []
-    for key in key_path:
-        for attribute in ("key", "idx", "name"):
-            if hasattr(key, attribute):
-                parts.append(str(getattr(key, attribute)))
-                break
-        else:
-            parts.append(str(key))
-    return "/".join(parts)
 
 
 # ---- union-find state ------------------------------------------------------------------------

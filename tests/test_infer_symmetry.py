@@ -455,6 +455,18 @@ def test_group_check_passes_on_inferred_groups(model, shape):
     assert len(group.factors) == len(explain_symmetry(apply_fn, params, x).factors)
 
 
+def test_a_net_without_provable_symmetry_gets_the_trivial_group():
+    class Linear(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            return nn.Dense(2)(x)
+
+    apply_fn, params, x = _build(Linear(), jnp.ones((3, 5)), jax.random.key(26))
+    group, report = infer_symmetry(apply_fn, params, x, return_report=True)
+    assert group.factors == () and group.log_order() == 0.0
+    assert {(b.path, b.axis) for b in report.broken} == {("Dense_0/kernel", 0), ("Dense_0/kernel", 1), ("Dense_0/bias", 0)}
+
+
 def test_bad_arguments_are_named():
     model, _ = MLPS["setup"]
     apply_fn, params, x = _build(model, jnp.ones((4, 6)), jax.random.key(0))
