@@ -662,12 +662,15 @@ _RULES: dict[str, Callable] = {
 
 # ---- resolution ------------------------------------------------------------------------------
 def _settle_composites(state: _State) -> dict[int, tuple[int, ...]]:
-    """Break what a reshape cannot carry; returns {composite root: segment nodes}.
+    """Reconcile the reshapes; returns {composite root: segment nodes}.
 
     A composite class (an axis that is a product of other axes) is never a factor by itself: it
-    is permuted only through its segments. It is broken (with all its segments) when it has two
-    different factorisations, contains one of its own segments, or has a segment that is itself
-    a composite; a broken composite breaks its segments. Repeated until nothing changes.
+    is permuted only through its segments. Two factorisations of one class with the same segment
+    sizes name the same sub-positions, so their segments are merged pairwise (one permutation must
+    act on both, e.g. GroupNorm's statistics broadcast back over the channels of a group). The
+    class is broken, with all its segments, when its factorisations differ in sizes, when it
+    contains one of its own segments, or when a segment is itself a composite; a broken composite
+    breaks its segments. Repeated until nothing changes.
     """
     while True:
         changed = False
@@ -677,18 +680,24 @@ def _settle_composites(state: _State) -> dict[int, tuple[int, ...]]:
         composite_roots = set(by_root)
         settled = {}
         for root, definitions in by_root.items():
-            shapes = {tuple(state.find(s) for s in segments) for segments, _ in definitions}
-            segment_roots = next(iter(shapes))
-            where = definitions[0][1]
+            first, where = definitions[0]
+            sizes = {tuple(state.size[s] for s in segments) for segments, _ in definitions}
             reason = None
             if root == _DATA:
                 reason = f"{where} merges it into an axis that is not permutable"
-            elif len(shapes) > 1:
-                reason = f"{where}: the axis is reshaped in two different ways"
-            elif any(s == root or (s in composite_roots and s != _DATA) for s in segment_roots):
-                reason = f"{where}: nested reshapes are not analysed"
+            elif len(sizes) > 1:
+                reason = f"{where}: the axis is split in two different ways {sorted(sizes)}"
+            else:
+                for segments, _ in definitions[1:]:
+                    for a, b in zip(first, segments):
+                        if state.find(a) != state.find(b):
+                            state.union(a, b)
+                            changed = True
+                roots = [state.find(s) for s in first]
+                if any(r == state.find(root) or (r in composite_roots and r != _DATA) for r in roots):
+                    reason = f"{where}: nested reshapes are not analysed"
             if reason is None:
-                settled[root] = definitions[0][0]
+                settled[root] = first
                 continue
             nodes = [s for segments, _ in definitions for s in segments]
             if root != _DATA:

@@ -336,6 +336,20 @@ def test_bias_free_add_of_a_constant_loses_flips():
     assert not factor.sign_flips and "add" in factor.flip_reason
 
 
+def test_a_sum_over_the_units_keeps_permutations_but_not_flips():
+    class Readout(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            h = jnp.tanh(nn.Dense(4)(x))
+            return nn.Dense(2)(h) + h.sum(axis=-1, keepdims=True)
+
+    apply_fn, params, x = _build(Readout(), jnp.ones((3, 5)), jax.random.key(27))
+    (factor,) = explain_symmetry(apply_fn, params, x).factors
+    assert factor.size == 4 and not factor.sign_flips and factor.flip_reason == "reduce_sum over the units"
+    report = explain_symmetry(apply_fn, params, x)
+    _assert_invariant(apply_fn, params, x, report, jax.random.key(28))
+
+
 # ---- ops that do not commute with a permutation of the units ---------------------------------
 NON_COMMUTING = {
     "arange_scale": (lambda h: h * jnp.arange(h.shape[-1]), "iota"),
@@ -432,6 +446,85 @@ def test_batchnorm_running_statistics_join_the_factor():
     closed = explain_symmetry(lambda p, inputs: model.apply({"params": p, "batch_stats": stats}, inputs),
                               variables["params"], x)
     assert closed.factors == ()
+
+
+# ---- reshapes that split a unit axis: maxout, hand-written attention, GroupNorm ----------------
+def test_maxout_splits_the_units_into_two_factors():
+    class Maxout(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            h = nn.Dense(4 * 3)(x).reshape((x.shape[0], 4, 3)).max(axis=-1)
+            return nn.Dense(2)(h)
+
+    apply_fn, params, x = _build(Maxout(), jnp.ones((3, 5)), jax.random.key(29))
+    report = explain_symmetry(apply_fn, params, x)
+    units, pieces = report.factors
+    assert (units.size, pieces.size) == (4, 3)
+    assert set(units.members) == {("Dense_0/bias", 0, 3), ("Dense_0/kernel", 1, 3), ("Dense_1/kernel", 0, 1)}
+    assert set(pieces.members) == {("Dense_0/bias", 0, 1), ("Dense_0/kernel", 1, 1)}
+    assert not units.sign_flips and "reduce_max" in units.flip_reason
+    _assert_invariant(apply_fn, params, x, report, jax.random.key(30))
+
+
+def _hand_attention(p, x, heads=2):
+    """Self-attention with [D, H*hd] projections reshaped to heads, params as a plain dict."""
+    batch, length, _ = x.shape
+    q, k, v = ((x @ p[n] + p[n + "_bias"]).reshape(batch, length, heads, -1) for n in ("wq", "wk", "wv"))
+    weights = jax.nn.softmax(jnp.einsum("bqhd,bkhd->bhqk", q, k) / jnp.sqrt(q.shape[-1]), axis=-1)
+    attended = jnp.einsum("bhqk,bkhd->bqhd", weights, v).reshape(batch, length, -1)
+    return (attended @ p["wo"]).mean(axis=1)
+
+
+def test_hand_written_attention_heads_are_sub_axes_with_inner_head_dim():
+    key = jax.random.key(31)
+    shapes = {"wq": (5, 6), "wk": (5, 6), "wv": (5, 8), "wo": (8, 3),
+              "wq_bias": (6,), "wk_bias": (6,), "wv_bias": (8,)}
+    params = _randomize(key, {n: jax.ShapeDtypeStruct(s, jnp.float64) for n, s in shapes.items()})
+    x = np.random.default_rng(0).standard_normal((2, 4, 5))
+    report = explain_symmetry(_hand_attention, params, x)
+    (heads,) = [f for f in report.factors if ("wq", 1, 3) in f.members]
+    assert heads.size == 2
+    assert {("wq", 1, 3), ("wk", 1, 3), ("wv", 1, 4), ("wo", 0, 4)} <= set(heads.members)
+    head_dim_qk = [f for f in report.factors if ("wq", 1, 1) in f.members]
+    head_dim_v = [f for f in report.factors if ("wv", 1, 1) in f.members]
+    assert head_dim_qk[0].size == 3 and ("wk", 1, 1) in head_dim_qk[0].members
+    assert head_dim_v[0].size == 4 and ("wo", 0, 1) in head_dim_v[0].members
+    assert sorted(_sizes(report)) == [2, 3, 4]
+    _assert_invariant(_hand_attention, params, x, report, jax.random.key(32))
+
+
+def test_groupnorm_permutes_groups_and_channels_within_them():
+    class Net(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            h = nn.GroupNorm(num_groups=2)(nn.Conv(6, (3, 3))(x))
+            return nn.Dense(2)(nn.relu(h).mean(axis=(1, 2)))
+
+    apply_fn, params, x = _build(Net(), jnp.ones((2, 4, 4, 1)), jax.random.key(33))
+    report = explain_symmetry(apply_fn, params, x)
+    assert sorted(_sizes(report)) == [2, 3]
+    groups = [f for f in report.factors if f.size == 2][0]
+    assert ("Conv_0/kernel", 3, 3) in groups.members and ("GroupNorm_0/scale", 0, 3) in groups.members
+    _assert_invariant(apply_fn, params, x, report, jax.random.key(34))
+
+
+def test_plain_jax_params_in_a_list():
+    def apply_fn(p, x):
+        for layer in p[:-1]:
+            x = jnp.tanh(x @ layer["w"] + layer["b"])
+        return x @ p[-1]["w"]
+
+    key = jax.random.key(35)
+    shapes = [((5, 4), (4,)), ((4, 3), (3,)), ((3, 2), None)]
+    params = [{"w": jax.ShapeDtypeStruct(w, jnp.float64), **({"b": jax.ShapeDtypeStruct(b, jnp.float64)} if b else {})}
+              for w, b in shapes]
+    params = _randomize(key, params)
+    x = np.ones((3, 5))
+    report = explain_symmetry(apply_fn, params, x)
+    assert [f.name for f in report.factors] == ["0/w:1", "1/w:1"]
+    assert set(report.factors[1].members) == {("1/b", 0, 1), ("1/w", 1, 1), ("2/w", 0, 1)}
+    assert all(f.sign_flips for f in report.factors)
+    _assert_invariant(apply_fn, params, x, report, jax.random.key(36), flips=True)
 
 
 # ---- the group object and validation ---------------------------------------------------------
