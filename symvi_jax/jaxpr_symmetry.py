@@ -157,9 +157,10 @@ def infer_symmetry(
       ValueError: bad arguments, an untraceable ``apply_fn``, sign flips that do not hold, or a
         failed numerical check.
     """
-    if not isinstance(sign_flips, bool):
-        raise ValueError(f"sign_flips must be True or False, got {sign_flips!r}")
-    report = explain_symmetry(apply_fn, params, inputs, sign_flips=sign_flips)
+    for name, flag in (("sign_flips", sign_flips), ("check", check), ("return_report", return_report)):
+        if not isinstance(flag, bool):
+            raise ValueError(f"{name} must be True or False, got {flag!r}")
+    report = explain_symmetry(apply_fn, params, inputs)
     if sign_flips:
         lost = [f for f in report.factors if not f.sign_flips]
         if lost:
@@ -182,16 +183,16 @@ def infer_symmetry(
     return (group, report) if return_report else group
 
 
-def explain_symmetry(
-    apply_fn: Callable[[ArrayTree, Any], Any], params: ArrayTree, inputs: Any, *, sign_flips: bool = False
-) -> SymmetryReport:
-    """Trace ``apply_fn(params, inputs)`` and report the factors and the axes left alone.
+def explain_symmetry(apply_fn: Callable[[ArrayTree, Any], Any], params: ArrayTree, inputs: Any) -> SymmetryReport:
+    """Trace ``apply_fn(params, inputs)`` and report the factors and the parameter axes left alone.
 
-    Never raises for a missing symmetry: a relu net reports each factor with
-    ``sign_flips=False`` and ``flip_reason="relu (custom_jvp_call max)"``. ``sign_flips`` only
-    documents intent here; the flip analysis always runs.
+    The analysis behind ``infer_symmetry``, without building or checking a group. It never raises
+    for a missing symmetry: a relu net reports each factor with ``sign_flips=False`` and
+    ``flip_reason="relu (custom_jvp_call max)"``; ``str(report)`` prints a table.
+
+    Raises:
+      ValueError: ``apply_fn`` is not callable, ``params`` has no leaves, or the trace fails.
     """
-    del sign_flips
     if not callable(apply_fn):
         raise ValueError(f"apply_fn must be callable as apply_fn(params, inputs), got {type(apply_fn).__name__}")
     paths = list(symmetry.leaf_paths(params))
@@ -296,18 +297,21 @@ class _State:
     def is_broken(self, node: int) -> bool:
         return self.find(node) == _DATA
 
-    def explain_break(self, node: int) -> str:
-        """The reason recorded nearest to ``node`` along the merges that broke its class."""
-        seen, queue = {node}, collections.deque([node])
+    def break_reasons(self) -> dict[int, str]:
+        """For every broken node, the reason recorded nearest to it along the merges.
+
+        One breadth-first search from all nodes that were joined to DATA directly (the DATA
+        node itself is not crossed: it would make every reason equally near).
+        """
+        nearest = dict(self.data_reason)
+        queue = collections.deque(self.data_reason)
         while queue:
             current = queue.popleft()
-            if current in self.data_reason:
-                return self.data_reason[current]
             for neighbour in self.neighbours[current]:
-                if neighbour != _DATA and neighbour not in seen:
-                    seen.add(neighbour)
+                if neighbour != _DATA and neighbour not in nearest:
+                    nearest[neighbour] = nearest[current]
                     queue.append(neighbour)
-        return "not permutable"
+        return nearest
 
 
 # ---- the walk --------------------------------------------------------------------------------
@@ -674,21 +678,21 @@ def _settle_composites(state: _State) -> dict[int, tuple[int, ...]]:
     """
     while True:
         changed = False
-        by_root: dict[int, list[tuple[tuple[int, ...], str]]] = collections.defaultdict(list)
+        by_root: dict[int, list[tuple[int, tuple[int, ...], str]]] = collections.defaultdict(list)
         for node, segments, where in state.composites:
-            by_root[state.find(node)].append((segments, where))
+            by_root[state.find(node)].append((node, segments, where))
         composite_roots = set(by_root)
         settled = {}
         for root, definitions in by_root.items():
-            first, where = definitions[0]
-            sizes = {tuple(state.size[s] for s in segments) for segments, _ in definitions}
+            _, first, where = definitions[0]
+            sizes = {tuple(state.size[s] for s in segments) for _, segments, _ in definitions}
             reason = None
             if root == _DATA:
                 reason = f"{where} merges it into an axis that is not permutable"
             elif len(sizes) > 1:
                 reason = f"{where}: the axis is split in two different ways {sorted(sizes)}"
             else:
-                for segments, _ in definitions[1:]:
+                for _, segments, _ in definitions[1:]:
                     for a, b in zip(first, segments):
                         if state.find(a) != state.find(b):
                             state.union(a, b)
@@ -699,9 +703,7 @@ def _settle_composites(state: _State) -> dict[int, tuple[int, ...]]:
             if reason is None:
                 settled[root] = first
                 continue
-            nodes = [s for segments, _ in definitions for s in segments]
-            if root != _DATA:
-                nodes.append(next(n for n, _, _ in state.composites if state.find(n) == root))
+            nodes = [s for _, segments, _ in definitions for s in segments] + [definitions[0][0]]
             for node in nodes:
                 if not state.is_broken(node):
                     state.break_node(node, reason)
@@ -756,13 +758,13 @@ def _resolve(state: _State) -> SymmetryReport:
         factors.append(InferredFactor(name, int(state.size[root]), ordered, reason is None, reason))
         covered.update((path, axis) for path, axis, _ in ordered)
 
-    broken = []
+    broken, break_reasons = [], state.break_reasons()
     for node, (index, path, axis) in sorted(state.param_axes.items(), key=lambda item: item[1]):
         if (path, axis) in covered or state.size[node] <= 1:
             continue
         root = state.find(node)
         if root == _DATA:
-            reason = state.explain_break(node)
+            reason = break_reasons.get(node, "not permutable")
         elif len(classes[root]) == sum(1 for n in classes[root] if n in state.param_axes):
             reason = "touches no intermediate array (unused, or only summed over)"
         elif root in composites:

@@ -74,6 +74,8 @@ def _assert_invariant(apply_fn, params, x, report, key, *, flips=False, draws=2)
         moved = params
         for factor in report.factors:
             perm = rng.permutation(factor.size)
+            if np.array_equal(perm, np.arange(factor.size)):
+                perm = np.roll(perm, 1)  # always move a unit
             signs = rng.choice([-1.0, 1.0], factor.size) if flips else np.ones(factor.size)
             moved = _act(moved, factor, perm, signs)
         assert any(not np.array_equal(a, b) for a, b in zip(jax.tree.leaves(moved), jax.tree.leaves(params)))
@@ -298,7 +300,7 @@ class TanhMLP(nn.Module):
 
 def test_tanh_mlp_keeps_sign_flips():
     apply_fn, params, x = _build(TanhMLP(), jnp.ones((3, 5)), jax.random.key(13))
-    report = explain_symmetry(apply_fn, params, x, sign_flips=True)
+    report = explain_symmetry(apply_fn, params, x)
     assert _sizes(report) == [4, 3] and all(f.sign_flips for f in report.factors)
     expected = math.lgamma(5) + 4 * math.log(2) + math.lgamma(4) + 3 * math.log(2)
     assert report.log_order(sign_flips=True) == pytest.approx(expected)
@@ -525,6 +527,31 @@ def test_plain_jax_params_in_a_list():
     assert set(report.factors[1].members) == {("1/b", 0, 1), ("1/w", 1, 1), ("2/w", 0, 1)}
     assert all(f.sign_flips for f in report.factors)
     _assert_invariant(apply_fn, params, x, report, jax.random.key(36), flips=True)
+
+
+RESHAPES = {
+    # name: (function of (params, x), expected factor sizes)
+    "transposed_flatten": (lambda p, x: jnp.tanh(x @ p["a"]).reshape(-1, 3, 4).transpose(0, 2, 1).reshape(-1, 12)
+                           @ p["b"], [3, 4]),
+    "split_two_ways": (lambda p, x: (jnp.tanh(x @ p["a"]).reshape(-1, 3, 4).sum(1)
+                                     + jnp.tanh(x @ p["a"]).reshape(-1, 4, 3).sum(2)) @ p["c"], []),
+    "regroup": (lambda p, x: jnp.tanh(x @ p["a"]).reshape(-1, 2, 6).reshape(-1, 3, 4).sum(1) @ p["c"], []),
+    "outer_product": (lambda p, x: (lambda h: (h[:, :, None] * h[:, None, :]).reshape(-1, 144))(
+        jnp.tanh(x @ p["a"])) @ p["d"], [12]),
+    "reshaped_parameter": (lambda p, x: jnp.tanh(x[:, :3] @ p["e"].reshape(3, 4)) @ p["c"], [4]),
+}
+
+
+@pytest.mark.parametrize("name", sorted(RESHAPES))
+def test_reshapes_never_claim_a_false_group(name):
+    apply_fn, sizes = RESHAPES[name]
+    shapes = {"a": (5, 12), "b": (12, 2), "c": (4, 2), "d": (144, 2), "e": (12,)}
+    params = _randomize(jax.random.key(37), {n: jax.ShapeDtypeStruct(s, jnp.float64) for n, s in shapes.items()})
+    x = np.random.default_rng(1).standard_normal((3, 5))
+    report = explain_symmetry(apply_fn, params, x)
+    assert sorted(_sizes(report)) == sizes
+    if sizes:
+        _assert_invariant(apply_fn, params, x, report, jax.random.key(38), flips=name == "transposed_flatten")
 
 
 # ---- the group object and validation ---------------------------------------------------------
