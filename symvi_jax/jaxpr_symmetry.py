@@ -55,7 +55,7 @@ __all__ = [
     "infer_symmetry",
 ]
 
-Member = tuple[str, int, int]  # (leaf_path, axis, inner)
+Member = symmetry.Member  # (path, axis, inner): the leaf axis viewed as (outer, d, inner)
 
 
 # ---- the report ------------------------------------------------------------------------------
@@ -734,7 +734,7 @@ def _resolve(state: _State) -> SymmetryReport:
             continue
         for node in params_here:
             _, path, axis = state.param_axes[node]
-            members[root].add((path, axis, 1))
+            members[root].add(Member(path, axis, 1))
     for root, segments in composites.items():
         params_here = [n for n in classes[root] if n in state.param_axes]
         for position, segment in enumerate(segments):
@@ -746,7 +746,7 @@ def _resolve(state: _State) -> SymmetryReport:
             inner = math.prod(state.size[s] for s in segments[position + 1:])
             for node in params_here:
                 _, path, axis = state.param_axes[node]
-                members[factor].add((path, axis, inner))
+                members[factor].add(Member(path, axis, int(inner)))
 
     leaf_order = {path: index for index, path, _ in state.param_axes.values()}
     leaf_rank = collections.Counter(path for _, path, _ in state.param_axes.values())
@@ -765,10 +765,10 @@ def _resolve(state: _State) -> SymmetryReport:
         root = state.find(node)
         if root == _DATA:
             reason = break_reasons.get(node, "not permutable")
-        elif len(classes[root]) == sum(1 for n in classes[root] if n in state.param_axes):
-            reason = "touches no intermediate array (unused, or only summed over)"
         elif root in composites:
             reason = "a reshape of it has no permutable segment"
+        elif len(classes[root]) == sum(1 for n in classes[root] if n in state.param_axes):
+            reason = "touches no intermediate array (unused, or only summed over)"
         else:
             reason = "not permutable"
         broken.append(BrokenAxis(path, axis, int(state.size[node]), reason))

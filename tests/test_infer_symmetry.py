@@ -258,15 +258,15 @@ def test_flatten_makes_the_channel_a_sub_axis():
     _assert_invariant(apply_fn, params, x, report, jax.random.key(9))
 
 
+class ChannelFirst(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+        h = jnp.tanh(nn.Conv(3, (3, 3))(x)).transpose((0, 3, 1, 2))
+        return nn.Dense(2)(h.reshape((h.shape[0], -1)))
+
+
 def test_channel_first_flatten_has_inner_stride():
     """[B, H, W, C] -> [B, C, H, W] -> flatten: the channel is the OUTER sub-axis, inner = H*W."""
-
-    class ChannelFirst(nn.Module):
-        @nn.compact
-        def __call__(self, x):
-            h = jnp.tanh(nn.Conv(3, (3, 3))(x)).transpose((0, 3, 1, 2))
-            return nn.Dense(2)(h.reshape((h.shape[0], -1)))
-
     apply_fn, params, x = _build(ChannelFirst(), jnp.ones((2, 4, 4, 1)), jax.random.key(10))
     report = explain_symmetry(apply_fn, params, x)
     (factor,) = report.factors
@@ -567,12 +567,24 @@ def test_infer_symmetry_returns_a_checked_group():
 
 
 @needs_group
-@pytest.mark.parametrize("model, shape", [(FlattenCNN(), (2, 6, 6, 1)), (Attention(), (2, 3, 5)),
-                                          (ResidualMLP(), (3, 5))], ids=["flatten_cnn", "attention", "residual"])
-def test_group_check_passes_on_inferred_groups(model, shape):
+@pytest.mark.parametrize(
+    "model, shape, sign_flips",
+    [(FlattenCNN(), (2, 6, 6, 1), False), (ResidualMLP(), (3, 5), False), (ChannelFirst(), (2, 4, 4, 1), True)],
+    ids=["flatten_cnn", "residual", "channel_first_with_flips"],
+)
+def test_group_check_passes_on_inferred_groups(model, shape, sign_flips):
     apply_fn, params, x = _build(model, jnp.ones(shape), jax.random.key(25))
-    group = infer_symmetry(apply_fn, params, x)  # runs group.check
-    assert len(group.factors) == len(explain_symmetry(apply_fn, params, x).factors)
+    group = infer_symmetry(apply_fn, params, x, sign_flips=sign_flips)  # runs group.check
+    assert group.sizes == tuple(_sizes(explain_symmetry(apply_fn, params, x)))
+    assert group.has_sign_flips == sign_flips
+
+
+@needs_group
+def test_group_check_passes_on_hand_written_attention():
+    shapes = {"wq": (5, 6), "wk": (5, 6), "wv": (5, 8), "wo": (8, 3), "wq_bias": (6,), "wk_bias": (6,), "wv_bias": (8,)}
+    params = _randomize(jax.random.key(39), {n: jax.ShapeDtypeStruct(s, jnp.float64) for n, s in shapes.items()})
+    group = infer_symmetry(_hand_attention, params, np.random.default_rng(2).standard_normal((2, 4, 5)))
+    assert sorted(group.sizes) == [2, 3, 4]
 
 
 def test_a_net_without_provable_symmetry_gets_the_trivial_group():
