@@ -578,7 +578,9 @@ def _dot_general(state, eqn, ins, outs, where):
 
 def _conv(state, eqn, ins, outs, where):
     (lhs, rhs), (out,) = ins, outs
-    numbers = eqn.params["dimension_numbers"]
+    numbers = eqn.params.get("dimension_numbers")
+    if not hasattr(numbers, "lhs_spec"):
+        return _unknown_rule(state, eqn, ins, outs, where)
     lhs_spec, rhs_spec, out_spec = numbers.lhs_spec, numbers.rhs_spec, numbers.out_spec
     for spec, labels in ((lhs_spec, lhs), (rhs_spec, rhs), (out_spec, out)):
         for axis in spec[2:]:

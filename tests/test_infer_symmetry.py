@@ -165,6 +165,21 @@ def test_jit_and_checkpoint_inside_apply_are_walked():
 
 
 # ---- extra leaves, residual streams, LayerNorm -----------------------------------------------
+def test_custom_vjp_under_checkpoint_is_walked():
+    @jax.custom_vjp
+    def odd(h):
+        return jnp.sin(h)
+
+    odd.defvjp(lambda h: (odd(h), h), lambda h, g: (g * jnp.cos(h),))
+
+    def apply_fn(p, x):
+        return jax.checkpoint(odd)(x @ p["w"] + p["b"]) @ p["v"]
+
+    params = _randomize(jax.random.key(40), {"w": np.ones((3, 4)), "b": np.ones(4), "v": np.ones((4, 2))})
+    (factor,) = explain_symmetry(apply_fn, params, np.ones((2, 3))).factors
+    assert set(factor.members) == {("b", 0, 1), ("v", 0, 1), ("w", 1, 1)} and factor.sign_flips
+
+
 def test_extra_leaves_are_left_alone():
     model, _ = MLPS["setup"]
     apply_fn, params, x = _build(model, jnp.ones((4, 6)), jax.random.key(0))
