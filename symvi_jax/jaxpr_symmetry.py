@@ -69,6 +69,8 @@ class InferredFactor:
       members: ``(leaf_path, axis, inner)`` triples, in leaf order.
       sign_flips: whether every operation on the class is odd in it.
       flip_reason: the first operation that is not odd in the class (None when ``sign_flips``).
+      outers: for each member, the ``outer`` of its ``(outer, d, inner)`` view (1 for a whole
+        axis; H*W for the channel of a flattened [H, W, C] map). Empty when not known.
     """
 
     name: str
@@ -76,6 +78,7 @@ class InferredFactor:
     members: tuple[Member, ...]
     sign_flips: bool
     flip_reason: Optional[str]
+    outers: tuple[int, ...] = ()
 
     def log_order(self, *, sign_flips: bool = False) -> float:
         """log d! (+ d log 2 when ``sign_flips`` and the factor keeps its flips)."""
@@ -117,8 +120,10 @@ class SymmetryReport:
         for factor in self.factors:
             flips = "sign flips" if factor.sign_flips else f"no sign flips ({factor.flip_reason})"
             lines.append(f"  {factor.name}: S_{factor.size}, {flips}")
-            for path, axis, inner in factor.members:
-                lines.append(f"    {path} axis {axis}" + (f" (inner {inner})" if inner != 1 else ""))
+            outers = factor.outers or (1,) * len(factor.members)
+            for (path, axis, inner), outer in zip(factor.members, outers):
+                view = f" viewed as (outer {outer}, d, inner {inner})" if (outer, inner) != (1, 1) else ""
+                lines.append(f"    {path} axis {axis}{view}")
         if self.broken:
             lines.append("parameter axes left alone:")
             lines.extend(f"  {b.path} axis {b.axis} (size {b.size}): {b.reason}" for b in self.broken)
@@ -752,12 +757,15 @@ def _resolve(state: _State) -> SymmetryReport:
 
     leaf_order = {path: index for index, path, _ in state.param_axes.values()}
     leaf_rank = collections.Counter(path for _, path, _ in state.param_axes.values())
+    leaf_sizes = {(path, axis): state.size[node] for node, (_, path, axis) in state.param_axes.items()}
     factors, used_names, covered = [], set(), set()
     for root in sorted(members, key=lambda r: min((leaf_order[p], a, -i) for p, a, i in members[r])):
         ordered = tuple(sorted(members[root], key=lambda m: (leaf_order[m[0]], m[1], -m[2])))
         name = _factor_name(ordered, leaf_rank, used_names)
         reason = flip_reason.get(root)
-        factors.append(InferredFactor(name, int(state.size[root]), ordered, reason is None, reason))
+        size = int(state.size[root])
+        outers = tuple(leaf_sizes[(path, axis)] // (size * inner) for path, axis, inner in ordered)
+        factors.append(InferredFactor(name, size, ordered, reason is None, reason, outers))
         covered.update((path, axis) for path, axis, _ in ordered)
 
     broken, break_reasons = [], state.break_reasons()

@@ -270,6 +270,8 @@ def test_flatten_makes_the_channel_a_sub_axis():
     (factor,) = report.factors
     assert factor.size == 4
     assert set(factor.members) == {("Conv_0/bias", 0, 1), ("Conv_0/kernel", 3, 1), ("Dense_0/kernel", 0, 1)}
+    assert dict(zip(factor.members, factor.outers))[("Dense_0/kernel", 0, 1)] == 9
+    assert "Dense_0/kernel axis 0 viewed as (outer 9, d, inner 1)" in str(report)
     _assert_invariant(apply_fn, params, x, report, jax.random.key(9))
 
 
