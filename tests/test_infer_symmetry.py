@@ -138,6 +138,11 @@ def test_mlp_factors_follow_the_computation_not_the_names(name):
     assert {(b.path.split("/")[1], b.axis, b.reason) for b in report.broken} == {
         ("kernel", 0, "reaches the input"), ("kernel", 1, "reaches the output"), ("bias", 0, "reaches the output")}
     _assert_invariant(apply_fn, params, x, report, jax.random.key(1))
+    if HAS_GROUP:  # the same spec through WeightSymmetry's own action
+        group = infer_symmetry(apply_fn, params, x, check=False)
+        assert group.log_order() == pytest.approx(math.lgamma(9) + math.lgamma(6))
+        g = group.sample(jax.random.key(2))
+        np.testing.assert_allclose(apply_fn(group.act(g, params), x), apply_fn(params, x), rtol=1e-10, atol=1e-10)
 
 
 def test_trap_names_the_hidden_layers_by_dataflow():
