@@ -30,6 +30,7 @@ COMMANDS = {
     "tractable": "symvi_jax.experiments.tractable",
     "mnist": "symvi_jax.experiments.mnist",
     "estimators": "symvi_jax.experiments.estimators",
+    "sign-flips": "symvi_jax.experiments.sign_flips",
 }
 
 

@@ -573,7 +573,7 @@ def _moving_elements(rng_key, group: WeightSymmetry, index: int, num: int) -> li
             p = np.roll(p, 1)
         v = p
         if f.sign_flips:
-            flips = np.asarray(jax.random.bernoulli(k_sign, 0.5, (f.size,)))
+            flips = np.array(jax.random.bernoulli(k_sign, 0.5, (f.size,)))
             if f.size == 1 or not flips.any():
                 flips[int(jax.random.randint(k_flip, (), 0, f.size))] = True
             v = np.where(flips, ~p, p).astype(np.int32)

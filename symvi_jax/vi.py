@@ -52,6 +52,7 @@ __all__ = [
     "init",
     "step",
     "sample",
+    "run",
     "fit",
 ]
 
@@ -290,6 +291,47 @@ def _all_finite(tree: ArrayTree) -> Array:
 def sample(rng_key: PRNGKey, state: VIState, num_samples: int) -> ArrayTree:
     """``num_samples`` weight draws from q (predictions from q and q^G agree; PAPER.md, Section 4)."""
     return meanfield.sample(rng_key, state.params, num_samples)
+
+
+def run(
+    rng_key: PRNGKey,
+    algorithm: VIAlgorithm,
+    state: VIState,
+    data: Any,
+    *,
+    num_epochs: int,
+    batch_size: int,
+) -> tuple[VIState, VIInfo]:
+    """``num_epochs`` passes over ``data`` in shuffled minibatches: a pure ``lax.scan``, no host work.
+
+    The key schedule is :func:`fit`'s: epoch e uses ``key_e = split(rng_key, num_epochs)[e]``, its
+    data order is ``permutation(split(key_e)[0], N)`` (the last incomplete minibatch is dropped)
+    and step i of the epoch uses ``split(split(key_e)[1], N // batch_size)[i]``. It is not jitted:
+    jit it, or ``jax.jit(jax.vmap(...))`` it over seeds, at the outermost scope. Use :func:`fit`
+    for validation of the data, checkpoints, a progress bar and ``NonFiniteError``.
+
+    Returns:
+      The final state and the per-step ``VIInfo`` stacked to shape ``(num_epochs, N // batch_size)``.
+    """
+    objectives._check_positive_int(num_epochs, "num_epochs")
+    objectives._check_positive_int(batch_size, "batch_size")
+    size = jax.tree.leaves(data)[0].shape[0]
+    if batch_size > size:
+        raise ValueError(f"batch_size ({batch_size}) must not exceed the number of examples ({size})")
+    num_batches = size // batch_size
+
+    def epoch(state, epoch_key):
+        key_order, key_steps = jax.random.split(epoch_key)
+        order = jax.random.permutation(key_order, size)[: num_batches * batch_size].reshape(num_batches, batch_size)
+
+        def one_step(state, xs):
+            index, step_key = xs
+            batch = jax.tree.map(lambda x: jnp.take(x, index, axis=0), data)
+            return algorithm.step(step_key, state, batch)
+
+        return jax.lax.scan(one_step, state, (order, jax.random.split(key_steps, num_batches)))
+
+    return jax.lax.scan(epoch, state, jax.random.split(rng_key, num_epochs))
 
 
 def fit(

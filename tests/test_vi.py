@@ -147,3 +147,33 @@ def test_fit_rejects_bad_data(next_key):
         fit((x, y), num_epochs=0)
     with pytest.raises(ValueError, match="empty"):
         fit((x[:0], y[:0]))
+
+
+def _run_problem():
+    model = MLP(features=(4, 3))
+    params = model.init(jax.random.key(0), jnp.zeros((1, 2)))["params"]
+    loglik = likelihoods.categorical(lambda p, x: model.apply({"params": p}, x))
+    rng = np.random.default_rng(0)
+    data = (jnp.asarray(rng.normal(size=(24, 2)), jnp.float32), jnp.asarray(rng.integers(0, 3, 24), jnp.int32))
+    algorithm = vi.build(loglik, optax.adam(1e-2), data_size=24, objective="symmetrized_elbo",
+                         group=PermutationGroup.from_params(params), num_permutations=3)
+    return algorithm, algorithm.init(params), data
+
+
+def test_run_follows_fits_key_schedule():
+    algorithm, state, data = _run_problem()
+    key = jax.random.key(5)
+    ran, infos = jax.jit(lambda k, s, d: vi.run(k, algorithm, s, d, num_epochs=2, batch_size=8))(key, state, data)
+    fitted, history = vi.fit(key, algorithm, state, data, num_epochs=2, batch_size=8, progress_bar=False)
+    assert infos.objective.shape == history.objective.shape == (2, 3)
+    np.testing.assert_allclose(infos.objective, history.objective, rtol=1e-5)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), ran.params, fitted.params)
+
+
+def test_run_vmaps_over_seeds():
+    algorithm, state, data = _run_problem()
+    keys = jax.random.split(jax.random.key(1), 3)
+    many = jax.jit(jax.vmap(lambda k: vi.run(k, algorithm, state, data, num_epochs=2, batch_size=8)))(keys)
+    for i, key in enumerate(keys):
+        one = jax.jit(lambda k: vi.run(k, algorithm, state, data, num_epochs=2, batch_size=8))(key)
+        jax.tree.map(lambda a, b: np.testing.assert_allclose(a[i], b, rtol=1e-5, atol=1e-6), many, one)

@@ -62,6 +62,7 @@ import numpy as np
 import optax
 
 from symvi_jax import MLP, PermutationGroup, data, likelihoods, meanfield, orbits, predict, vi
+from symvi_jax.experiments.stats import paired_ci
 from symvi_jax.experiments.base import Result
 from symvi_jax.objectives import ObjectiveInfo
 
@@ -447,27 +448,6 @@ def _compile_programs(config: Config, train, test, ood, methods, seed_keys):
     return {width: (compiled[2 * i], compiled[2 * i + 1], group) for i, (width, group) in enumerate(groups.items())}
 
 
-def _t_quantile(df: int) -> float:
-    """Two-sided 95% Student-t quantile t_{0.975, df}."""
-    table = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262,
-             10: 2.228, 11: 2.201, 12: 2.179, 13: 2.160, 14: 2.145, 15: 2.131, 16: 2.120, 17: 2.110,
-             18: 2.101, 19: 2.093, 20: 2.086, 25: 2.060, 30: 2.042}
-    if df in table:
-        return table[df]
-    usable = [k for k in table if k <= df]
-    return table[max(usable)] if df < 30 else 1.96 + 2.4 / df
-
-
-def _paired_ci(a, b):
-    """Mean of b - a over paired seeds with a 95% t-interval (NaN interval for one seed)."""
-    diff = np.asarray(b, dtype=np.float64) - np.asarray(a, dtype=np.float64)
-    mean = float(diff.mean())
-    if len(diff) < 2:
-        return mean, float("nan"), float("nan")
-    half = _t_quantile(len(diff) - 1) * diff.std(ddof=1) / math.sqrt(len(diff))
-    return mean, mean - half, mean + half
-
-
 def _config_digest(config: Config) -> str:
     """sha256 of every config key that changes a width's results (not ``widths`` or compile threads)."""
     fields = {k: v for k, v in dataclasses.asdict(config).items() if k not in ("widths", "compile_workers")}
@@ -672,7 +652,7 @@ def _markdown(config: Config, rows, timings, load_time, compile_time, total) -> 
                 cells = []
                 for key, scale, digits in (("test_accuracy", 100, 3), ("test_nll", 1, 4), ("ece", 1, 4),
                                            ("collapsed_units", 1, 2)):
-                    m, lo, hi = _paired_ci([scale * r[key] for r in base], [scale * r[key] for r in other])
+                    m, lo, hi = paired_ci([scale * r[key] for r in base], [scale * r[key] for r in other])
                     cells.append(f"{m:+.{digits}f} [{lo:+.{digits}f}, {hi:+.{digits}f}]")
                 lines.append(f"| {w} | {method} | " + " | ".join(cells) + " |")
     lines += ["", "## Wall time", "", f"Data loading {load_time:.1f} s; compiling every width's programs "
@@ -778,9 +758,9 @@ def summarize(paths, *, collapse_kl: float = 0.05) -> str:
                 continue
             for method in sorted({r["method"] for r in rows} - {"mfvi"}, key=lambda m: int(m[3:])):
                 other = sorted(_select(rows, method=method, width=width), key=lambda r: r["seed"])
-                acc = _paired_ci([100 * r["test_accuracy"] for r in base], [100 * r["test_accuracy"] for r in other])
-                nll = _paired_ci([r["test_nll"] for r in base], [r["test_nll"] for r in other])
-                elbo = _paired_ci([r["elbo"] / r["num_train"] for r in base], [r["elbo"] / r["num_train"] for r in other])
+                acc = paired_ci([100 * r["test_accuracy"] for r in base], [100 * r["test_accuracy"] for r in other])
+                nll = paired_ci([r["test_nll"] for r in base], [r["test_nll"] for r in other])
+                elbo = paired_ci([r["elbo"] / r["num_train"] for r in base], [r["elbo"] / r["num_train"] for r in other])
                 c_base = np.mean([sum(_collapsed_per_layer(r, collapse_kl)) for r in base])
                 c_other = np.mean([sum(_collapsed_per_layer(r, collapse_kl)) for r in other])
                 sat_base = np.mean([r["saturation"] for r in base], axis=0)[[0, -1]]

@@ -1,0 +1,96 @@
+"""Dense-chain step time before and after a change, both versions interleaved in one process.
+
+The package as it was at ``--base`` (default: the last commit before ``WeightSymmetry``) is
+extracted with ``git archive`` into a temporary folder and imported as ``symvi_jax_base``; the
+working tree's ``symvi_jax`` is the "after". For each cell (hidden widths, K, batch) the four
+jitted steps (base/new x standard/symmetrized, S = 1, Adam, InfoNCE) run round-robin, and the
+table reports medians and the ratios new / base.
+
+    PYTHONPATH=.:benchmarks python benchmarks/regression.py [--base REV] [--nets 30 1024]
+        [--ks 20] [--batches 100] [--repeats 30] [--json benchmarks/results/cpu/regression.json]
+"""
+
+from __future__ import annotations
+
+import importlib
+import io
+import subprocess
+import sys
+import tarfile
+import tempfile
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from _harness import interleaved_medians, markdown_table, parser, write_json
+
+BASE = "1b6cfb8"  # main before WeightSymmetry landed
+NETS = {"30": (30,), "1024": (1024,), "30x30": (30, 30), "256x256": (256, 256)}
+
+
+def import_base(rev: str, folder: Path):
+    """Extract ``symvi_jax`` at ``rev`` as the package ``symvi_jax_base`` and import it."""
+    archive = subprocess.run(["git", "archive", rev, "symvi_jax"], check=True, capture_output=True).stdout
+    with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+        tar.extractall(folder, filter="data")
+    (folder / "symvi_jax").rename(folder / "symvi_jax_base")
+    for path in (folder / "symvi_jax_base").rglob("*.py"):
+        path.write_text(path.read_text().replace("symvi_jax", "symvi_jax_base"))
+    sys.path.insert(0, str(folder))
+    return importlib.import_module("symvi_jax_base")
+
+
+def make_step(package, hidden, batch_size, objective, k):
+    model = package.MLP(features=(*hidden, 10))
+    params = model.init(jax.random.key(0), jnp.zeros((1, 784)))["params"]
+    loglik = package.likelihoods.categorical(lambda p, x: model.apply({"params": p}, x))
+    kwargs = {}
+    if objective == "symmetrized_elbo":
+        kwargs = dict(group=package.PermutationGroup.from_params(params), num_permutations=k)
+    algorithm = package.vi.build(loglik, optax.adam(1e-3), data_size=60_000, objective=objective, **kwargs)
+    state = algorithm.init(params)
+    batch = (jax.random.uniform(jax.random.key(1), (batch_size, 784)),
+             jax.random.randint(jax.random.key(2), (batch_size,), 0, 10))
+    step = jax.jit(algorithm.step)
+    key = jax.random.key(3)
+    return lambda: step(key, state, batch)[1].objective
+
+
+def main():
+    p = parser(__doc__.splitlines()[0], "benchmarks/results/cpu/regression.json")
+    p.add_argument("--base", default=BASE, help="the revision to compare against")
+    p.add_argument("--nets", nargs="+", choices=list(NETS), default=["30", "1024", "30x30"])
+    p.add_argument("--ks", nargs="+", type=int, default=[20])
+    p.add_argument("--batches", nargs="+", type=int, default=[100])
+    args = p.parse_args()
+    import symvi_jax as new
+
+    with tempfile.TemporaryDirectory() as tmp:
+        base = import_base(args.base, Path(tmp))
+        rows, records = [], []
+        for net in args.nets:
+            for batch_size in args.batches:
+                for k in args.ks:
+                    fns = {}
+                    for label, package in (("base", base), ("new", new)):
+                        fns[f"{label} standard"] = make_step(package, NETS[net], batch_size, "elbo", None)
+                        fns[f"{label} symmetrized"] = make_step(package, NETS[net], batch_size, "symmetrized_elbo", k)
+                    times = interleaved_medians(fns, repeats=args.repeats)
+                    record = dict(net=net, batch=batch_size, k=k, base=args.base,
+                                  **{name.replace(" ", "_") + "_ms": 1e3 * t for name, t in times.items()})
+                    record["standard_new_over_base"] = times["new standard"] / times["base standard"]
+                    record["symmetrized_new_over_base"] = times["new symmetrized"] / times["base symmetrized"]
+                    records.append(record)
+                    rows.append([net, batch_size, k] + [f"{1e3 * times[n]:.3f}" for n in fns]
+                                + [f"{record['standard_new_over_base']:.3f}", f"{record['symmetrized_new_over_base']:.3f}"])
+                    write_json(args.json, {"benchmark": "regression", "rows": records, "complete": False})
+    header = ["net", "batch", "K", "base std ms", "base sym ms", "new std ms", "new sym ms", "std new/base",
+              "sym new/base"]
+    print(markdown_table(header, rows))
+    write_json(args.json, {"benchmark": "regression", "rows": records, "complete": True})
+
+
+if __name__ == "__main__":
+    main()
