@@ -1,6 +1,7 @@
 """symvi-jax: permutation-invariant variational inference for Bayesian neural networks."""
 
 from symvi_jax import likelihoods, meanfield, nets, objectives, orbits, predict, symmetry, units, vi
+from symvi_jax.jaxpr_symmetry import infer_symmetry
 from symvi_jax.meanfield import MeanFieldState
 from symvi_jax.nets import MLP
 from symvi_jax.objectives import ObjectiveInfo, elbo, symmetrized_elbo
@@ -22,6 +23,7 @@ __all__ = [
     "build",
     "elbo",
     "fit",
+    "infer_symmetry",
     "likelihoods",
     "meanfield",
     "mutual_information",
