@@ -473,19 +473,19 @@ class WeightSymmetry:
         rng_key = jax.random.key(0) if rng_key is None else rng_key
         key_perturb, key_elements = jax.random.split(rng_key)
         perturbed = _perturb(key_perturb, params)
+        moved_outputs = jax.jit(lambda g, p: apply_fn(self.act(g, p), inputs))
         worst = 0.0
         for index, f in enumerate(self.factors):
             elements = _moving_elements(jax.random.fold_in(key_elements, index), self, index, num_elements)
             for point in (params, perturbed):
                 reference = jax.tree.leaves(apply_fn(point, inputs))
-                scale = max([float(np.max(np.abs(np.asarray(r)))) for r in reference if np.size(r)] + [0.0])
+                scale = max([float(np.nanmax(np.abs(np.asarray(r)))) for r in reference if np.size(r)] + [0.0])
                 dtype = jnp.result_type(*reference) if reference else jnp.float32
                 eps = float(jnp.finfo(dtype).eps) if jnp.issubdtype(dtype, jnp.floating) else 0.0
                 tol = tolerance if tolerance is not None else math.sqrt(eps) * (1.0 + scale)
                 for g in elements:
-                    moved = jax.tree.leaves(apply_fn(self.act(g, point), inputs))
-                    deviation = max([float(np.max(np.abs(np.asarray(a) - np.asarray(b)))) for a, b in zip(moved, reference)
-                                     if np.size(a)] + [0.0])
+                    moved = jax.tree.leaves(moved_outputs(g, point))
+                    deviation = max([_max_deviation(a, b) for a, b in zip(moved, reference) if np.size(a)] + [0.0])
                     worst = max(worst, deviation)
                     if not deviation <= tol:
                         raise ValueError(
@@ -548,8 +548,20 @@ def _broadcast_scalars(group: WeightSymmetry, tree):
     return wrap(fixed)
 
 
+def _max_deviation(a, b) -> float:
+    """max |a - b|, with NaN in the same places on both sides counted as equal (inf if they differ)."""
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    same_nan = np.isnan(a) & np.isnan(b)
+    diff = np.where(same_nan, 0.0, np.abs(a - b))
+    return float(np.max(np.where(np.isnan(diff), np.inf, diff)))
+
+
 def _perturb(rng_key, params):
-    """params + noise of half each leaf's RMS plus 0.1, so zero biases and unit scales are moved."""
+    """Move every leaf off its initial value, so zero biases and unit scales hide nothing.
+
+    A leaf with negative entries gets noise of half its RMS plus 0.1; a leaf of positive entries
+    (a variance, a scale) is multiplied by exp(0.3 z), so it stays positive.
+    """
     leaves, treedef = jax.tree.flatten(params)
     keys = jax.random.split(rng_key, max(len(leaves), 1))
     out = []
@@ -557,8 +569,12 @@ def _perturb(rng_key, params):
         if not jnp.issubdtype(jnp.result_type(x), jnp.floating):
             out.append(x)
             continue
+        noise = jax.random.normal(k, jnp.shape(x), jnp.result_type(x))
+        if jnp.size(x) and bool(jnp.all(x > 0)):
+            out.append(x * jnp.exp(0.3 * noise))
+            continue
         rms = jnp.sqrt(jnp.mean(jnp.square(x))) if jnp.size(x) else 0.0
-        out.append(x + (0.5 * rms + 0.1) * jax.random.normal(k, jnp.shape(x), jnp.result_type(x)))
+        out.append(x + (0.5 * rms + 0.1) * noise)
     return jax.tree.unflatten(treedef, out)
 
 

@@ -464,6 +464,9 @@ def test_batchnorm_running_statistics_join_the_factor():
     assert {("batch_stats/BatchNorm_0/mean", 0, 1), ("batch_stats/BatchNorm_0/var", 0, 1),
             ("params/BatchNorm_0/scale", 0, 1)} <= set(factor.members)
     _assert_invariant(apply_fn, variables, x, report, jax.random.key(22))
+    # check() perturbs a positive leaf (the variance) multiplicatively, so it stays a variance
+    group = infer_symmetry(apply_fn, variables, x)
+    assert group.log_order() == pytest.approx(math.lgamma(5))
 
     # closed over instead of passed in, the statistics are data: no factor
     stats = variables["batch_stats"]
