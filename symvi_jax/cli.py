@@ -31,6 +31,7 @@ COMMANDS = {
     "mnist": "symvi_jax.experiments.mnist",
     "estimators": "symvi_jax.experiments.estimators",
     "sign-flips": "symvi_jax.experiments.sign_flips",
+    "cnn": "symvi_jax.experiments.cnn",
 }
 
 
