@@ -24,3 +24,13 @@ def test_readme_example_runs():
     assert probs.shape == (20, 10)
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-5)
     assert np.isfinite(float(namespace["info"].objective))
+
+
+def test_readme_any_network_example_runs():
+    """The second example: infer_symmetry on a residual CNN with LayerNorm, and the same group by hand."""
+    blocks = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
+    example = next(b for b in blocks if "infer_symmetry" in b)
+    namespace = {}
+    exec(compile(example, str(README), "exec"), namespace)
+    assert namespace["group"].sizes == (8,)
+    assert "LayerNorm_0/scale" in str(namespace["report"])
