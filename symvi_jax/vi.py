@@ -227,6 +227,12 @@ def _check_config(objective, data_size, num_samples, num_permutations, estimator
         objectives._check_positive_int(chunk_size, "chunk_size")
     if objective == "symmetrized_elbo":
         as_symmetry(group)
+        if group.order() == 1:
+            raise ValueError(
+                "group is trivial (|G| = 1): there is nothing to symmetrize, and L^G = L. If it came from "
+                "PermutationGroup.from_params on a partitioned tree, take it from the full params (and pass the "
+                "held-out leaves as frozen=); use objective='elbo' for a network without symmetry"
+            )
         orbits._check_estimator(estimator, num_permutations, temperature)
         if estimator == "exact" and num_permutations is not None and num_permutations != group.order():
             raise ValueError(

@@ -168,3 +168,20 @@ def test_importance_refuses_sign_flips_with_a_clear_message():
     with pytest.raises(ValueError, match="sign flips"):
         orbits.mutual_information(jax.random.key(0), q, group, num_samples=2, num_permutations=3,
                                   estimator="importance")
+
+
+def test_a_group_taken_from_a_partitioned_tree_is_refused_as_trivial():
+    from symvi_jax import MLP
+    model = MLP(features=(3, 1))
+    params = model.init(jax.random.key(0), jnp.zeros((1, 2)))["params"]
+    trainable, frozen = nets.partition(params, ["Dense_1"])
+    loglik = likelihoods.gaussian(lambda p, x: model.apply({"params": nets.combine(p, frozen)}, x), noise_precision=1.0)
+    assert PermutationGroup.from_params(trainable).order() == 1  # the output layer is gone: no hidden layer left
+    with pytest.raises(ValueError, match="group is trivial .*take it from the full params"):
+        vi.build(loglik, optax.adam(1e-2), data_size=4, objective="symmetrized_elbo",
+                 group=PermutationGroup.from_params(trainable), num_permutations=2)
+    # from the full params, with the frozen output kernel declared: it is random, so not invariant
+    algorithm = vi.build(loglik, optax.adam(1e-2), data_size=4, objective="symmetrized_elbo",
+                         group=PermutationGroup.from_params(params), num_permutations=2, frozen=frozen)
+    with pytest.raises(ValueError, match="frozen leaf 'Dense_1/kernel' is moved by the group"):
+        algorithm.init(trainable)

@@ -63,9 +63,9 @@ class Config:
 
 
 def _problem(config: Config):
-    """The paper's two-unit ReLU net (``tractable.problem``): apply_fn, log-likelihood, group, params template."""
+    """The paper's two-unit ReLU net (``tractable.problem``): apply_fn, log-likelihood, group, params template, frozen."""
     prob = tractable.problem(config.noise_precision)
-    return prob.apply_fn, prob.loglikelihood_fn, prob.group, prob.template
+    return prob.apply_fn, prob.loglikelihood_fn, prob.group, prob.template, prob.frozen
 
 
 def _data(key, config: Config, n: int):
@@ -74,10 +74,11 @@ def _data(key, config: Config, n: int):
 
 
 def _train_and_evaluate(config: Config, method: str):
-    apply_fn, loglik, group, trainable = _problem(config)
+    apply_fn, loglik, group, trainable, frozen = _problem(config)
     kwargs = {}
     if method == "sgm":
-        kwargs = dict(objective="symmetrized_elbo", group=group, num_permutations=config.num_permutations)
+        kwargs = dict(objective="symmetrized_elbo", group=group, num_permutations=config.num_permutations,
+                      frozen=frozen)
     algorithm = vi.build(
         loglik,
         optax.adam(config.learning_rate),

@@ -165,6 +165,8 @@ class Problem(NamedTuple):
       group: ``PermutationGroup`` of the full network (|G| = 2).
       template: the trainable params tree (``{"Dense_0": {"kernel": (1, 2)}}``), zeros.
       unravel: 2-vector (w1, w2) -> trainable params tree.
+      frozen: the held-out output kernel (ones), invariant under the group; pass it to
+        ``vi.build(..., frozen=)`` so that ``init`` can check that.
     """
 
     apply_fn: Callable
@@ -172,6 +174,7 @@ class Problem(NamedTuple):
     group: PermutationGroup
     template: dict
     unravel: Callable
+    frozen: dict
 
 
 def problem(noise_precision: float) -> Problem:
@@ -188,7 +191,7 @@ def problem(noise_precision: float) -> Problem:
     template = jax.tree.map(jnp.zeros_like, trainable)
     _, unravel = ravel_pytree(template)
     loglik = likelihoods.gaussian(apply_fn, noise_precision=noise_precision)
-    return Problem(apply_fn, loglik, group, template, unravel)
+    return Problem(apply_fn, loglik, group, template, unravel, frozen)
 
 
 def make_data(rng_key, alpha, num_points: int):
@@ -237,7 +240,7 @@ def _train(config: Config) -> dict:
     algorithms = {
         "mfvi": vi.build(prob.loglikelihood_fn, optax.adam(config.learning_rate), **common),
         "sgm": vi.build(prob.loglikelihood_fn, optax.adam(config.learning_rate), objective="symmetrized_elbo",
-                        group=prob.group, num_permutations=config.num_permutations, **common),
+                        group=prob.group, num_permutations=config.num_permutations, frozen=prob.frozen, **common),
     }
     steps_per_epoch = config.num_train // config.batch_size
     n = config.num_train
