@@ -133,6 +133,9 @@ def build(
     skip_nonfinite: bool = False,
     track_grad_norm: bool = True,
     temperature: Optional[float] = None,
+    kl_weight: float = 1.0,
+    likelihood_temperature: float = 1.0,
+    proposal_temperature: Optional[float] = None,
 ) -> VIAlgorithm:
     """Bind a likelihood, an optimiser and the objective's configuration once.
 
@@ -159,13 +162,24 @@ def build(
       track_grad_norm: report the gradient's global norm in ``info.grad_norm``. The extra pass
         over the gradient stops XLA from fusing it into the optimiser update; at width 1024 on a
         CPU it costs about 10% of a step (``benchmarks/peers.py``). With False it is NaN.
-      temperature: the proposal's tempering for ``estimator="importance"`` (None: 1).
+      proposal_temperature: the proposal's tempering for ``estimator="importance"`` (None: 1).
+      temperature: deprecated alias of ``proposal_temperature`` (a ``DeprecationWarning``).
+      kl_weight: beta in (0, inf), the weight of KL(q || p) (of KL(q^G || p) = KL - I for the
+        symmetrized objective); 1 is the ELBO.
+      likelihood_temperature: T in (0, inf); the likelihood term is divided by T, so T < 1 is a
+        cold posterior p(D | w)^(1/T) p(w). See ``objectives`` for the tempered objectives.
     """
+    proposal_temperature = objectives._proposal_temperature(proposal_temperature, temperature)
+    objectives._check_tempering(kl_weight, likelihood_temperature)
+    tempering = dict(kl_weight=kl_weight, likelihood_temperature=likelihood_temperature)
     if not callable(loglikelihood_fn):
         raise ValueError(f"loglikelihood_fn must be callable (params, batch) -> Array[M], got {type(loglikelihood_fn).__name__}")
     if not hasattr(optimizer, "init") or not hasattr(optimizer, "update"):
         raise ValueError(f"optimizer must be an optax GradientTransformation, got {type(optimizer).__name__}")
     if callable(objective):
+        if kl_weight != 1.0 or likelihood_temperature != 1.0:
+            raise ValueError("kl_weight and likelihood_temperature apply to objective='elbo' or 'symmetrized_elbo'; "
+                             "a callable objective weighs its own terms")
         objective_fn = objective
     elif objective == "elbo":
         if group is not None or num_permutations is not None:
@@ -176,6 +190,7 @@ def build(
             data_size=data_size,
             prior_scale=prior_scale,
             num_samples=num_samples,
+            **tempering,
         )
     elif objective == "symmetrized_elbo":
         if group is None:
@@ -190,13 +205,14 @@ def build(
             num_permutations=num_permutations,
             estimator=estimator,
             chunk_size=chunk_size,
-            temperature=temperature,
+            proposal_temperature=proposal_temperature,
+            **tempering,
         )
     else:
         raise ValueError(f"objective must be 'elbo', 'symmetrized_elbo' or a callable, got {objective!r}")
     # Validate the configuration eagerly, before anything is traced.
     _check_config(objective, data_size, num_samples, num_permutations, estimator, prior_scale, init_scale, group,
-                  chunk_size, temperature)
+                  chunk_size, proposal_temperature)
     for name, flag in (("skip_nonfinite", skip_nonfinite), ("track_grad_norm", track_grad_norm)):
         if not isinstance(flag, bool):
             raise ValueError(f"{name} must be True or False, got {flag!r}")
