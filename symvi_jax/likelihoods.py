@@ -95,8 +95,12 @@ def check_labels(labels, num_classes: int) -> None:
 
 
 def _check_positive_finite(value, name: str) -> float:
-    """A real scalar in (0, inf); returned as a float."""
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
+    """A real scalar (a Python or NumPy number, or a 0-d array) in (0, inf); returned as a float."""
+    dtype = np.asarray(value).dtype if not isinstance(value, jax.core.Tracer) else None
+    if (
+        isinstance(value, (bool, np.bool_)) or dtype is None or np.ndim(value) != 0
+        or not (np.issubdtype(dtype, np.integer) or np.issubdtype(dtype, np.floating))
+    ):
         raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
     if not np.isfinite(value) or value <= 0:
         raise ValueError(f"{name} must be finite and > 0, got {value!r}")

@@ -207,3 +207,16 @@ def test_check_batch_on_every_builder(next_key):
         loglik.check_batch(params, (x, good))
         with pytest.raises(ValueError, match=match):
             loglik.check_batch(params, (x, bad))
+
+
+def test_scalar_arrays_are_accepted_as_numbers(next_key):
+    apply_fn, params = _net(next_key, 2, (3, 1))
+    batch = (jnp.ones((2, 2)), jnp.zeros(2))
+    a = likelihoods.gaussian(apply_fn, noise_precision=jnp.float32(2.0))(params, batch)
+    b = likelihoods.gaussian(apply_fn, noise_precision=2.0)(params, batch)
+    np.testing.assert_array_equal(a, b)
+    likelihoods.student_t(apply_fn, df=np.float64(3.0), scale=np.asarray(1.5))
+    with pytest.raises(ValueError, match="scale must be a finite number > 0"):
+        likelihoods.student_t(apply_fn, df=3.0, scale=jnp.ones(2))
+    with pytest.raises(ValueError, match="df must be a finite number > 0"):
+        likelihoods.student_t(apply_fn, df=1 + 2j, scale=1.0)
