@@ -1,8 +1,11 @@
 """The ``symvi-jax`` command line (also ``python -m symvi_jax``).
 
 Every experiment subcommand takes ``--config FILE.yaml``, ``--out DIR`` and one flag per config
-key (``--num-seeds 3``; tuples in YAML syntax, ``--widths "[5, 10]"``), and writes
-``results.json``, ``results.md`` and figures into ``--out``. See ``experiments/base.py``.
+key (``--num-seeds 3``; tuples comma-separated, ``--widths 5,10``, or in YAML syntax,
+``--widths "[5, 10]"``), and writes ``results.json``, ``results.md`` and figures into ``--out``.
+See ``experiments/base.py``. Flags must be spelled out in full: every parser is built with
+``allow_abbrev=False``, so a typo such as ``--num-step 50`` is an error (with a suggestion), not
+silently taken as ``--num-steps``.
 """
 
 from __future__ import annotations
@@ -42,7 +45,7 @@ def _flag(name: str) -> str:
 def _add_experiment_parser(subparsers, name: str, module_path: str):
     module = importlib.import_module(module_path)
     summary = (module.__doc__ or name).strip().splitlines()[0]
-    parser = subparsers.add_parser(name, help=summary, description=module.__doc__,
+    parser = subparsers.add_parser(name, help=summary, description=module.__doc__, allow_abbrev=False,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", help="YAML file of config keys (flags override it)")
     parser.add_argument("--out", default=f"out/{name}", help="output directory (default: %(default)s)")
@@ -81,9 +84,11 @@ def _run_experiment(args) -> int:
 def _add_data_parser(subparsers):
     from symvi_jax import data
 
-    parser = subparsers.add_parser("data", help="download and verify datasets (symvi-jax data fetch NAME)")
+    parser = subparsers.add_parser("data", help="download and verify datasets (symvi-jax data fetch NAME)",
+                                   allow_abbrev=False)
     actions = parser.add_subparsers(dest="data_command", required=True)
-    fetch = actions.add_parser("fetch", help="download the IDX files of NAME and check their SHA-256 digests")
+    fetch = actions.add_parser("fetch", help="download the IDX files of NAME and check their SHA-256 digests",
+                               allow_abbrev=False)
     fetch.add_argument("name", choices=data.DATASETS)
     fetch.add_argument("--dir", default=None, help=f"target directory (default: {data.default_data_dir()}/NAME)")
     parser.set_defaults(_handler=_run_data)
@@ -99,7 +104,7 @@ def _run_data(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="symvi-jax", description=__doc__,
+    parser = argparse.ArgumentParser(prog="symvi-jax", description=__doc__, allow_abbrev=False,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     subparsers = parser.add_subparsers(dest="command", required=True)
     for name, module_path in COMMANDS.items():

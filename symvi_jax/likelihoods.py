@@ -7,9 +7,19 @@ objectives scale the minibatch sum by N / M.
 * :func:`categorical`: log softmax(f(x))[y] for integer labels y in [0, C).
 * :func:`gaussian`: log N(y; f(x), 1/tau) = 0.5 log(tau / 2 pi) - tau/2 ||y - f(x)||^2 per example,
   summed over output dimensions, for a fixed noise precision tau.
+* :func:`bernoulli`: y log sigmoid(f(x)) + (1 - y) log sigmoid(-f(x)) = y f(x) - softplus(f(x)) for
+  binary labels y in {0, 1} and logits f(x), summed over output dimensions.
+* :func:`student_t`: log St(y; f(x), s, nu) = log Gamma((nu+1)/2) - log Gamma(nu/2) - 1/2 log(nu pi)
+  - log s - (nu+1)/2 log(1 + ((y - f(x)) / s)^2 / nu), summed over output dimensions (robust
+  regression with fixed degrees of freedom nu and scale s).
+* :func:`poisson`: y f(x) - exp(f(x)) - log y! for counts y in {0, 1, 2, ...} and log-rates f(x),
+  summed over output dimensions.
 
 Shapes are checked when the function is traced; label values are checked whenever they are
-concrete (outside ``jit``; ``vi.fit`` checks its data before compiling).
+concrete (outside ``jit``). Every returned function also carries ``check_batch(params, batch)``,
+which runs all the checks eagerly on concrete data (the output shape from ``jax.eval_shape``, so
+nothing is computed); ``vi.fit`` calls it once on the training data before compiling, because
+under ``jit`` an out-of-range label only shows up as a wrong or NaN objective.
 """
 
 from __future__ import annotations
@@ -24,7 +34,17 @@ import numpy as np
 from symvi_jax import nets
 from symvi_jax.types import Array, ArrayTree
 
-__all__ = ["categorical", "gaussian", "check_batch"]
+__all__ = [
+    "categorical",
+    "gaussian",
+    "bernoulli",
+    "student_t",
+    "poisson",
+    "check_batch",
+    "check_labels",
+    "check_binary_labels",
+    "check_counts",
+]
 
 LogLikelihoodFn = Callable[[ArrayTree, Any], Array]
 
@@ -74,37 +94,189 @@ def check_labels(labels, num_classes: int) -> None:
             )
 
 
+def _check_positive_finite(value, name: str) -> float:
+    """A real scalar (a Python or NumPy number, or a 0-d array) in (0, inf); returned as a float."""
+    dtype = np.asarray(value).dtype if not isinstance(value, jax.core.Tracer) else None
+    if (
+        isinstance(value, (bool, np.bool_)) or dtype is None or np.ndim(value) != 0
+        or not (np.issubdtype(dtype, np.integer) or np.issubdtype(dtype, np.floating))
+    ):
+        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
+    if not np.isfinite(value) or value <= 0:
+        raise ValueError(f"{name} must be finite and > 0, got {value!r}")
+    return float(value)
+
+
+def _match_targets(targets, output_shape, what: str = "regression targets"):
+    """Targets shaped like the network outputs; ``(M,)`` is accepted for a single output."""
+    output_shape = tuple(output_shape)
+    if jnp.ndim(targets) == len(output_shape) - 1 and output_shape[-1] == 1:
+        targets = targets[..., None]
+    if jnp.shape(targets) != output_shape:
+        raise ValueError(f"{what} have shape {jnp.shape(targets)} but the network outputs {output_shape}")
+    return targets
+
+
+def check_binary_labels(labels) -> None:
+    """Bool, integer or float labels with values in {0, 1}; values are checked when concrete."""
+    dtype = jnp.result_type(labels)
+    if not (jnp.issubdtype(dtype, jnp.integer) or jnp.issubdtype(dtype, jnp.floating) or dtype == jnp.bool_):
+        raise ValueError(f"binary labels must be bool, integer or float, got dtype {dtype}")
+    if _is_concrete(labels):
+        values = np.asarray(labels)
+        bad = values[(values != 0) & (values != 1)]
+        if bad.size:
+            raise ValueError(
+                f"binary labels must be 0 or 1, got {bad.size} other value(s), e.g. {sorted(set(bad.tolist()))[:5]}"
+            )
+
+
+def check_counts(counts) -> None:
+    """Integer or float counts with values in {0, 1, 2, ...}; values are checked when concrete."""
+    dtype = jnp.result_type(counts)
+    if not (jnp.issubdtype(dtype, jnp.integer) or jnp.issubdtype(dtype, jnp.floating)):
+        raise ValueError(f"counts must be integer or float, got dtype {dtype}")
+    if _is_concrete(counts):
+        values = np.asarray(counts)
+        bad = values[~np.isfinite(values) | (values < 0) | (values != np.round(values))]
+        if bad.size:
+            raise ValueError(
+                f"counts must be non-negative integers, got {bad.size} other value(s), e.g. {sorted(set(bad.tolist()))[:5]}"
+            )
+
+
+def _with_check(loglikelihood_fn, apply_fn, check_targets):
+    """Attach ``check_batch(params, batch)``: every check, eagerly, on concrete data.
+
+    ``check_targets(targets, output_shape)`` validates the targets against the network's output
+    shape, which comes from ``jax.eval_shape`` (nothing is computed).
+    """
+
+    def check(params, batch) -> None:
+        check_batch(params, batch)
+        inputs, targets = _split_batch(batch)
+        outputs = jax.eval_shape(apply_fn, params, inputs)
+        check_targets(jax.device_get(targets), outputs.shape)
+
+    loglikelihood_fn.check_batch = check
+    return loglikelihood_fn
+
+
+def _per_example_sum(values: Array) -> Array:
+    return jnp.sum(values.reshape(values.shape[0], -1), axis=-1)
+
+
 def categorical(apply_fn: Callable[[ArrayTree, Array], Array]) -> LogLikelihoodFn:
-    """Softmax classification: log p(y | x, w) = log_softmax(f_w(x))[y]."""
+    """Softmax classification: log p(y | x, w) = log_softmax(f_w(x))[y].
+
+    The returned function has ``check_batch(params, batch)`` (see the module docstring).
+    """
+
+    def check_targets(labels, output_shape):
+        check_labels(labels, output_shape[-1])
+        if jnp.shape(labels) != tuple(output_shape[:-1]):
+            raise ValueError(
+                f"class labels have shape {jnp.shape(labels)} but the network's logits {tuple(output_shape)} need "
+                f"{tuple(output_shape[:-1])} (one integer label per example)"
+            )
 
     def loglikelihood_fn(params, batch):
         check_batch(params, batch)
         inputs, labels = _split_batch(batch)
         logits = apply_fn(params, inputs)
-        check_labels(labels, logits.shape[-1])
+        check_targets(labels, logits.shape)
         log_probs = jax.nn.log_softmax(logits, axis=-1)
         return jnp.take_along_axis(log_probs, labels[..., None].astype(jnp.int32), axis=-1)[..., 0]
 
-    return loglikelihood_fn
+    return _with_check(loglikelihood_fn, apply_fn, check_targets)
 
 
 def gaussian(apply_fn: Callable[[ArrayTree, Array], Array], *, noise_precision: float) -> LogLikelihoodFn:
-    """Regression with fixed noise: log N(y; f_w(x), 1/tau), summed over output dimensions."""
-    if not np.isfinite(noise_precision) or noise_precision <= 0:
-        raise ValueError(f"noise_precision must be finite and > 0, got {noise_precision!r}")
+    """Regression with fixed noise: log N(y; f_w(x), 1/tau), summed over output dimensions.
+
+    The returned function has ``check_batch(params, batch)`` (see the module docstring).
+    """
+    noise_precision = _check_positive_finite(noise_precision, "noise_precision")
     log_norm = 0.5 * math.log(noise_precision / (2 * math.pi))
 
     def loglikelihood_fn(params, batch):
         check_batch(params, batch)
         inputs, targets = _split_batch(batch)
         predictions = apply_fn(params, inputs)
-        if jnp.ndim(targets) == jnp.ndim(predictions) - 1 and predictions.shape[-1] == 1:
-            targets = targets[..., None]
-        if jnp.shape(targets) != jnp.shape(predictions):
-            raise ValueError(
-                f"regression targets have shape {jnp.shape(targets)} but the network outputs {jnp.shape(predictions)}"
-            )
+        targets = _match_targets(targets, predictions.shape)
         per_dim = log_norm - 0.5 * noise_precision * jnp.square(targets - predictions)
-        return jnp.sum(per_dim.reshape(per_dim.shape[0], -1), axis=-1)
+        return _per_example_sum(per_dim)
 
-    return loglikelihood_fn
+    return _with_check(loglikelihood_fn, apply_fn, _match_targets)
+
+
+def bernoulli(apply_fn: Callable[[ArrayTree, Array], Array]) -> LogLikelihoodFn:
+    """Binary classification from logits f = f_w(x), summed over output dimensions:
+
+        log p(y | x, w) = y log sigmoid(f) + (1 - y) log sigmoid(-f) = y f - softplus(f),
+
+    for labels y in {0, 1} (bool, int or float). A network with one output takes labels of shape
+    ``(M,)`` or ``(M, 1)``; with D outputs (multi-label) ``(M, D)``. The returned function has
+    ``check_batch(params, batch)`` (see the module docstring).
+    """
+
+    def check_targets(labels, output_shape):
+        check_binary_labels(labels)
+        return _match_targets(labels, output_shape, "binary labels")
+
+    def loglikelihood_fn(params, batch):
+        check_batch(params, batch)
+        inputs, labels = _split_batch(batch)
+        logits = apply_fn(params, inputs)
+        labels = check_targets(labels, logits.shape).astype(logits.dtype)
+        return _per_example_sum(labels * logits - jax.nn.softplus(logits))
+
+    return _with_check(loglikelihood_fn, apply_fn, check_targets)
+
+
+def student_t(apply_fn: Callable[[ArrayTree, Array], Array], *, df: float, scale: float) -> LogLikelihoodFn:
+    """Robust regression with Student-t noise of ``df`` = nu degrees of freedom and ``scale`` = s:
+
+        log p(y | x, w) = log Gamma((nu+1)/2) - log Gamma(nu/2) - 1/2 log(nu pi) - log s
+                          - (nu+1)/2 log(1 + ((y - f_w(x)) / s)^2 / nu),
+
+    summed over output dimensions. nu -> inf recovers ``gaussian(noise_precision=1/s^2)``; small nu
+    makes outliers cost only logarithmically. Targets are shaped like the outputs (``(M,)`` for
+    one output). The returned function has ``check_batch(params, batch)``.
+    """
+    df = _check_positive_finite(df, "df")
+    scale = _check_positive_finite(scale, "scale")
+    log_norm = math.lgamma((df + 1) / 2) - math.lgamma(df / 2) - 0.5 * math.log(df * math.pi) - math.log(scale)
+
+    def loglikelihood_fn(params, batch):
+        check_batch(params, batch)
+        inputs, targets = _split_batch(batch)
+        predictions = apply_fn(params, inputs)
+        targets = _match_targets(targets, predictions.shape)
+        z = (targets - predictions) / scale
+        return _per_example_sum(log_norm - 0.5 * (df + 1) * jnp.log1p(jnp.square(z) / df))
+
+    return _with_check(loglikelihood_fn, apply_fn, _match_targets)
+
+
+def poisson(apply_fn: Callable[[ArrayTree, Array], Array]) -> LogLikelihoodFn:
+    """Count regression with log-rate f = f_w(x), summed over output dimensions:
+
+        log p(y | x, w) = y f - exp(f) - log Gamma(y + 1),   y in {0, 1, 2, ...}.
+
+    Counts may be integer or float (with integral values); ``(M,)`` is accepted for one output.
+    The returned function has ``check_batch(params, batch)`` (see the module docstring).
+    """
+
+    def check_targets(counts, output_shape):
+        check_counts(counts)
+        return _match_targets(counts, output_shape, "counts")
+
+    def loglikelihood_fn(params, batch):
+        check_batch(params, batch)
+        inputs, counts = _split_batch(batch)
+        log_rate = apply_fn(params, inputs)
+        counts = check_targets(counts, log_rate.shape).astype(log_rate.dtype)
+        return _per_example_sum(counts * log_rate - jnp.exp(log_rate) - jax.lax.lgamma(counts + 1))
+
+    return _with_check(loglikelihood_fn, apply_fn, check_targets)

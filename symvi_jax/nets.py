@@ -13,7 +13,7 @@ Freezing: the variational family only sees the parameters you give it. To keep s
 from __future__ import annotations
 
 import re
-from typing import Any, Callable, Mapping, Sequence, Union
+from typing import Any, Callable, Mapping, Optional, Sequence, Union
 
 import flax.linen as nn
 import jax
@@ -34,11 +34,24 @@ class MLP(nn.Module):
       features: output width of every layer; the last entry is the output dimension.
       activation: any pointwise function, applied after every layer but the last.
       use_bias: one flag for all layers, or one per layer.
+      param_dtype: dtype of every kernel and bias (passed to ``nn.Dense``). ``jnp.float64``
+        needs ``jax.config.update("jax_enable_x64", True)`` first; without it JAX would hand
+        back float32 arrays, so this is refused.
+      dtype: dtype of the computation; None (the default) lets ``nn.Dense`` promote the inputs
+        and ``param_dtype``, so float64 inputs and parameters compute in float64 with no casts.
+
+    Example (float64 end to end)::
+
+        jax.config.update("jax_enable_x64", True)
+        model = MLP(features=(8, 1), param_dtype=jnp.float64)
+        params = model.init(jax.random.key(0), jnp.zeros((1, 2), jnp.float64))["params"]
     """
 
     features: Sequence[int]
     activation: Callable[[Array], Array] = nn.relu
     use_bias: Union[bool, Sequence[bool]] = True
+    param_dtype: Any = jnp.float32
+    dtype: Optional[Any] = None
 
     @nn.compact
     def __call__(self, x: Array) -> Array:
@@ -51,11 +64,29 @@ class MLP(nn.Module):
             raise ValueError(f"features must be a non-empty sequence of positive int widths, got {features!r}")
         features = tuple(int(f) for f in features)
         use_bias = _per_layer(self.use_bias, len(features), "use_bias")
+        param_dtype = _float_dtype(self.param_dtype, "param_dtype")
+        dtype = None if self.dtype is None else _float_dtype(self.dtype, "dtype")
         for i, (width, bias) in enumerate(zip(features, use_bias)):
-            x = nn.Dense(int(width), use_bias=bias, name=f"Dense_{i}")(x)
+            x = nn.Dense(int(width), use_bias=bias, param_dtype=param_dtype, dtype=dtype, name=f"Dense_{i}")(x)
             if i < len(features) - 1:
                 x = self.activation(x)
         return x
+
+
+def _float_dtype(value, name: str) -> np.dtype:
+    """A floating dtype that JAX can hold under the current x64 setting."""
+    try:
+        dtype = None if value is None else np.dtype(value)  # np.dtype(None) would be float64
+    except TypeError:
+        dtype = None
+    if dtype is None or not jnp.issubdtype(dtype, jnp.floating):
+        raise ValueError(f"{name} must be a floating dtype such as jnp.float32 or jnp.float64, got {value!r}")
+    if dtype.itemsize == 8 and not jax.config.jax_enable_x64:
+        raise ValueError(
+            f"{name}={dtype} needs 64-bit JAX: call jax.config.update('jax_enable_x64', True) first "
+            "(otherwise the arrays would silently be float32)"
+        )
+    return dtype
 
 
 def _per_layer(value, num_layers: int, name: str) -> tuple:

@@ -9,12 +9,26 @@ Gaussian prior N(0, s^2 I):
 where I^K is an estimate of I(g; w) from ``orbits`` on the *same* S draws (Theorem 4.1:
 L^G = L + I(g; w); Theorem 4.3: L^K <= L^G with uniform permutations). The KL is closed form.
 
+Tempering (both default to 1, the plain objectives above): a likelihood temperature T and a KL
+weight beta, each in (0, inf), give
+
+    L_{T,beta}   = (1/T) (N / M) (1/S) sum_s sum_B log p(y | x, w_s) - beta KL(q || p),
+    L^K_{T,beta} = (1/T) (N / M) (1/S) sum_s sum_B log p(y | x, w_s) - beta (KL(q || p) - I^K),
+
+so beta weighs KL(q^G || p) = KL(q || p) - I for the symmetrized objective. T < 1 is the "cold
+posterior" p(D | w)^(1/T) p(w) (Wenzel et al., 2020); beta is the beta-VAE-style weight
+(Higgins et al., 2017). Both have the same maximiser as T = 1 with KL weight beta T: they differ
+only in the scale of the objective and its gradients. ``ObjectiveInfo`` reports the unweighted
+terms; its ``objective`` is the weighted value. (``proposal_temperature`` is unrelated: it
+tempers the importance proposal over permutations, see ``orbits``.)
+
 Both functions have the signature ``fn(rng_key, q, batch, **config) -> (value, ObjectiveInfo)``;
 ``vi.build`` binds the configuration once.
 """
 
 from __future__ import annotations
 
+import warnings
 from typing import Callable, Mapping, NamedTuple, Optional, Union
 
 import jax
@@ -67,6 +81,33 @@ def check_prior_invariant(group: WeightSymmetry, prior_scale) -> None:
         )
 
 
+def _check_tempering(kl_weight, likelihood_temperature) -> None:
+    """kl_weight (beta) and likelihood_temperature (T): finite numbers > 0."""
+    for name, value in (("kl_weight", kl_weight), ("likelihood_temperature", likelihood_temperature)):
+        if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)) or not (
+            np.isfinite(value) and value > 0
+        ):
+            raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
+
+
+def _proposal_temperature(proposal_temperature, temperature, stacklevel: int = 3):
+    """Resolve ``proposal_temperature`` and its deprecated alias ``temperature``."""
+    if temperature is None:
+        return proposal_temperature
+    if proposal_temperature is not None:
+        raise ValueError(
+            "pass proposal_temperature only; temperature is its deprecated alias, got both "
+            f"(proposal_temperature={proposal_temperature!r}, temperature={temperature!r})"
+        )
+    warnings.warn(
+        "temperature= is deprecated: use proposal_temperature= (it tempers the importance proposal over "
+        "permutations; likelihood_temperature= and kl_weight= temper the posterior)",
+        DeprecationWarning,
+        stacklevel=stacklevel,
+    )
+    return temperature
+
+
 def _expected_loglikelihood(loglikelihood_fn, samples, batch, data_size) -> Array:
     if jax.tree.leaves(samples)[0].shape[0] == 1:
         # S = 1: call the network directly; a vmap over a unit axis costs XLA a batched matmul
@@ -104,8 +145,10 @@ def elbo(
     prior_scale: Union[float, ArrayTree] = 1.0,
     num_samples: int = 1,
     kl_estimator: str = "closed_form",
+    kl_weight: float = 1.0,
+    likelihood_temperature: float = 1.0,
 ) -> tuple[Array, ObjectiveInfo]:
-    """The standard ELBO L (see the module docstring).
+    """The standard ELBO L, or with tempering L_{T,beta} (see the module docstring).
 
     Args:
       rng_key: randomness for the S weight draws.
@@ -117,13 +160,17 @@ def elbo(
       num_samples: S.
       kl_estimator: ``"closed_form"`` (default) or ``"monte_carlo"`` on the same S draws; the
         latter makes ``elbo + I`` equal the Monte Carlo ELBO of q^G sample by sample.
+      kl_weight: beta in (0, inf), the weight of the KL term (1: the ELBO).
+      likelihood_temperature: T in (0, inf); the likelihood term is divided by T (1: the ELBO;
+        T < 1: a cold posterior).
     """
     _check_positive_int(data_size, "data_size")
     _check_positive_int(num_samples, "num_samples")
+    _check_tempering(kl_weight, likelihood_temperature)
     samples = meanfield.sample(rng_key, q, num_samples)
     expected_ll = _expected_loglikelihood(loglikelihood_fn, samples, batch, data_size)
     kl = _kl(q, samples, prior_scale, kl_estimator)
-    value = expected_ll - kl
+    value = expected_ll / likelihood_temperature - kl_weight * kl  # exact at T = beta = 1 (x / 1 = 1 * x = x)
     zero = jnp.zeros_like(value)
     return value, ObjectiveInfo(value, expected_ll, kl, zero, zero)
 
@@ -143,6 +190,9 @@ def symmetrized_elbo(
     chunk_size: Optional[int] = None,
     kl_estimator: str = "closed_form",
     temperature: Optional[float] = None,
+    kl_weight: float = 1.0,
+    likelihood_temperature: float = 1.0,
+    proposal_temperature: Optional[float] = None,
 ) -> tuple[Array, ObjectiveInfo]:
     """L^K = L + I^K, the ELBO of the symmetrized posterior q^G (see the module docstring).
 
@@ -151,7 +201,9 @@ def symmetrized_elbo(
         ``PermutationGroup.from_params``); the prior must be invariant under it.
       num_permutations: K (``"infonce"``, ``"importance"``); None for ``"exact"``.
       estimator: a name in ``orbits.ESTIMATORS``.
-      temperature: the proposal's tempering for ``estimator="importance"`` (None: 1).
+      proposal_temperature: the proposal's tempering for ``estimator="importance"`` (None: 1).
+      temperature: deprecated alias of ``proposal_temperature`` (a ``DeprecationWarning``).
+      kl_weight, likelihood_temperature: beta and T of the tempered L^K_{T,beta}, as in :func:`elbo`.
       chunk_size: ``lax.map`` chunk size over group elements (None: vmap).
       kl_estimator: as in :func:`elbo`.
       Other arguments as in :func:`elbo`.
@@ -162,6 +214,8 @@ def symmetrized_elbo(
     """
     _check_positive_int(data_size, "data_size")
     _check_positive_int(num_samples, "num_samples")
+    _check_tempering(kl_weight, likelihood_temperature)
+    proposal_temperature = _proposal_temperature(proposal_temperature, temperature)
     check_prior_invariant(as_symmetry(group), prior_scale)
     key_sample, key_perm = jax.random.split(rng_key)
     samples = meanfield.sample(key_sample, q, num_samples)
@@ -169,10 +223,10 @@ def symmetrized_elbo(
     kl = _kl(q, samples, prior_scale, kl_estimator)
     terms = orbits.mutual_information_terms(
         key_perm, q, samples, group, num_permutations=num_permutations, estimator=estimator, chunk_size=chunk_size,
-        temperature=temperature,
+        temperature=proposal_temperature,
     )
     mutual_information = jnp.mean(terms)
-    value = expected_ll - kl + mutual_information
+    value = expected_ll / likelihood_temperature - kl_weight * kl + kl_weight * mutual_information
     log_order = jnp.asarray(group.log_order(), dtype=value.dtype)
     return value, ObjectiveInfo(value, expected_ll, kl, mutual_information, log_order)
 

@@ -9,11 +9,27 @@ average S models drawn from q:
 
 Samples are drawn and evaluated ``chunk_size`` at a time under ``lax.scan`` so that S = 1000
 fits in memory on any dataset size.
+
+Regression with Gaussian noise of std sigma: the predictive is the mixture (1/S) sum_s
+N(f_{w_s}(x), sigma^2), with mean m = (1/S) sum_s f_s and, by the law of total variance,
+
+    v = (1/S) sum_s (f_s - m)^2 + sigma^2        (epistemic + aleatoric).
+
+:func:`predictive_mean_and_std` returns (m, sqrt(v)); :func:`gaussian_nll`,
+:func:`central_interval` and :func:`interval_coverage` use the moment-matched N(m, v).
+
+Classification uncertainty (Houlsby et al., 2011; Depeweg et al., 2018): with p_s = softmax(f_s),
+
+    H[p(y | x)] = I[y; w | x] + E_q H[p(y | x, w)]   (total = epistemic + aleatoric),
+
+where I[y; w | x] is the predictive mutual information between the label and the weights (not
+the orbit term I(g; w) of the symmetrized ELBO). See :func:`classification_uncertainty`.
 """
 
 from __future__ import annotations
 
-from typing import Callable, Optional
+import math
+from typing import Callable, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
@@ -32,6 +48,16 @@ __all__ = [
     "mse",
     "predictive_entropy",
     "auroc",
+    "predictive_mean_and_std",
+    "gaussian_nll",
+    "central_interval",
+    "interval_coverage",
+    "ClassificationUncertainty",
+    "classification_uncertainty",
+    "predictive_mutual_information",
+    "ReliabilityBins",
+    "reliability_bins",
+    "reliability_diagram",
 ]
 
 
@@ -44,7 +70,10 @@ def predictive_mean(
     num_samples: int,
     chunk_size: Optional[int] = None,
 ) -> Array:
-    """(1/S) sum_s fn(w_s, inputs) for w_s ~ q, accumulated ``chunk_size`` samples at a time."""
+    """(1/S) sum_s fn(w_s, inputs) for w_s ~ q, accumulated ``chunk_size`` samples at a time.
+
+    ``fn`` may return an array or a pytree of arrays (each leaf is averaged).
+    """
     if not isinstance(num_samples, (int, np.integer)) or num_samples < 1:
         raise ValueError(f"num_samples must be a positive int, got {num_samples!r}")
     chunk = num_samples if chunk_size is None else int(chunk_size)
@@ -54,12 +83,12 @@ def predictive_mean(
     def body(total, key):
         samples = meanfield.sample(key, q, chunk)
         outputs = jax.vmap(lambda w: fn(w, inputs))(samples)
-        return total + jnp.sum(outputs, axis=0), None
+        return jax.tree.map(lambda t, o: t + jnp.sum(o, axis=0), total, outputs), None
 
-    shape = jax.eval_shape(lambda: fn(q.loc, inputs))
-    total0 = jnp.zeros(shape.shape, shape.dtype)
+    shapes = jax.eval_shape(lambda: fn(q.loc, inputs))
+    total0 = jax.tree.map(lambda shape: jnp.zeros(shape.shape, shape.dtype), shapes)
     total, _ = jax.lax.scan(body, total0, jax.random.split(rng_key, num_samples // chunk))
-    return total / num_samples
+    return jax.tree.map(lambda t: t / num_samples, total)
 
 
 def predictive_probs(
@@ -107,16 +136,79 @@ def ece(probs: Array, labels: Array, *, num_bins: int = 15) -> Array:
     """Expected calibration error with equal-width confidence bins (Guo et al., 2017):
 
     ECE = sum_b (|B_b| / n) |accuracy(B_b) - confidence(B_b)|.
+
+    The bins are those of :func:`reliability_bins` (and of :func:`reliability_diagram`).
     """
+    bins = reliability_bins(probs, labels, num_bins=num_bins)
+    return jnp.sum(jnp.abs(bins.correct_sum - bins.confidence_sum)) / probs.shape[0]
+
+
+class ReliabilityBins(NamedTuple):
+    """Per-bin sums over equal-width confidence bins ``((b - 1)/B, b/B]`` (the first includes 0).
+
+    ``confidence_sum / count`` is a bin's mean confidence, ``correct_sum / count`` its accuracy.
+    """
+
+    edges: Array
+    count: Array
+    confidence_sum: Array
+    correct_sum: Array
+
+
+def reliability_bins(probs: Array, labels: Array, *, num_bins: int = 15) -> ReliabilityBins:
+    """Bin examples by their confidence max_c p(c | x) into ``num_bins`` equal-width bins."""
     if not isinstance(num_bins, (int, np.integer)) or isinstance(num_bins, bool) or num_bins < 1:
         raise ValueError(f"num_bins must be a positive int, got {num_bins!r}")
     _check_probs_labels(probs, labels)
     confidence = jnp.max(probs, axis=-1)
     correct = (jnp.argmax(probs, axis=-1) == labels).astype(probs.dtype)
     bins = jnp.clip(jnp.ceil(confidence * num_bins).astype(jnp.int32) - 1, 0, num_bins - 1)
+    count = jnp.zeros(num_bins, jnp.int32).at[bins].add(1)
     conf_sum = jnp.zeros(num_bins).at[bins].add(confidence)
     correct_sum = jnp.zeros(num_bins).at[bins].add(correct)
-    return jnp.sum(jnp.abs(correct_sum - conf_sum)) / probs.shape[0]
+    return ReliabilityBins(jnp.linspace(0.0, 1.0, num_bins + 1), count, conf_sum, correct_sum)
+
+
+def reliability_diagram(probs: Array, labels: Array, *, num_bins: int = 15, ax=None, title: Optional[str] = None):
+    """Draw a reliability diagram: accuracy against mean confidence per bin, with the ECE.
+
+    Bars show each non-empty bin's accuracy, the diagonal is perfect calibration, and the gap
+    to it is shaded. matplotlib is imported only here. Without ``ax`` a new
+    ``matplotlib.figure.Figure`` is made (no pyplot, so the global backend is left alone; save
+    it with ``fig.savefig(path)``).
+
+    Returns:
+      The figure drawn into.
+    """
+    bins = jax.device_get(reliability_bins(probs, labels, num_bins=num_bins))
+    error = float(ece(probs, labels, num_bins=num_bins))
+    try:
+        from matplotlib.figure import Figure
+    except ImportError as err:  # pragma: no cover - matplotlib is a dependency of the experiments
+        raise ImportError("reliability_diagram needs matplotlib (pip install matplotlib)") from err
+    if ax is None:
+        fig = Figure(figsize=(4, 4))
+        ax = fig.add_subplot()
+    else:
+        fig = ax.figure
+    edges = np.asarray(bins.edges)
+    width = edges[1] - edges[0]
+    filled = np.asarray(bins.count) > 0
+    count = np.maximum(np.asarray(bins.count), 1)
+    accuracy_per_bin = np.asarray(bins.correct_sum) / count
+    confidence_per_bin = np.asarray(bins.confidence_sum) / count
+    left = edges[:-1][filled]
+    ax.bar(left, accuracy_per_bin[filled], width=width, align="edge", edgecolor="black", label="accuracy")
+    ax.bar(left, confidence_per_bin[filled] - accuracy_per_bin[filled], bottom=accuracy_per_bin[filled],
+           width=width, align="edge", color="red", alpha=0.3, label="gap to confidence")
+    ax.plot([0, 1], [0, 1], "k--", linewidth=1, label="calibrated")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_xlabel("confidence")
+    ax.set_ylabel("accuracy")
+    ax.set_title(title if title is not None else f"ECE = {error:.3f}")
+    ax.legend(loc="upper left")
+    return fig
 
 
 def mse(predictions: Array, targets: Array) -> Array:
@@ -155,3 +247,143 @@ def auroc(scores_negative: Array, scores_positive: Array) -> float:
     rank_pos = ranks[len(neg):].sum()
     u = rank_pos - len(pos) * (len(pos) + 1) / 2.0
     return float(u / (len(pos) * len(neg)))
+
+
+# ---- regression: predictive mean and std, Gaussian NLL, central intervals ---------------------------
+
+
+def _check_scale(value, name: str, *, allow_zero: bool) -> float:
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise ValueError(f"{name} must be a finite number, got {value!r}")
+    if not np.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
+        raise ValueError(f"{name} must be finite and {'>= 0' if allow_zero else '> 0'}, got {value!r}")
+    return float(value)
+
+
+def predictive_mean_and_std(
+    rng_key: PRNGKey,
+    q: MeanFieldState,
+    apply_fn: Callable[[ArrayTree, Array], Array],
+    inputs: Array,
+    *,
+    num_samples: int,
+    noise_std: float = 0.0,
+    chunk_size: Optional[int] = None,
+) -> tuple[Array, Array]:
+    """Mean m and std sqrt(v) of the regression predictive (see the module docstring).
+
+    Args:
+      noise_std: sigma, the likelihood's noise std (``1 / sqrt(noise_precision)`` for
+        ``likelihoods.gaussian``); 0 gives the epistemic spread of f alone.
+
+    The second moment is accumulated about the mean network f_mu (v = E[d^2] - E[d]^2 with
+    d = f_s - f_mu), which avoids the cancellation of E[f^2] - E[f]^2 when |m| >> std.
+    """
+    noise_std = _check_scale(noise_std, "noise_std", allow_zero=True)
+    center = apply_fn(q.loc, inputs)
+
+    def moments(w, x):
+        d = apply_fn(w, x) - center
+        return d, jnp.square(d)
+
+    mean_d, mean_d2 = predictive_mean(rng_key, q, moments, inputs, num_samples=num_samples, chunk_size=chunk_size)
+    variance = jnp.maximum(mean_d2 - jnp.square(mean_d), 0.0) + noise_std**2
+    return center + mean_d, jnp.sqrt(variance)
+
+
+def _match(values: Array, targets: Array, name: str) -> Array:
+    """Targets shaped like ``values``; ``(M,)`` targets are accepted for ``(M, 1)`` values."""
+    if jnp.ndim(values) == jnp.ndim(targets) + 1 and jnp.shape(values)[-1] == 1:
+        targets = jnp.asarray(targets)[..., None]
+    if jnp.shape(values) != jnp.shape(targets):
+        raise ValueError(f"{name} {jnp.shape(values)} and targets {jnp.shape(targets)} differ in shape")
+    return targets
+
+
+def gaussian_nll(mean: Array, std: Array, targets: Array) -> Array:
+    """Mean over examples of -log N(y; m, s^2) = 1/2 log(2 pi s^2) + (y - m)^2 / (2 s^2),
+    summed over output dimensions (the moment-matched Gaussian predictive)."""
+    if jnp.shape(mean) != jnp.shape(std):
+        raise ValueError(f"mean {jnp.shape(mean)} and std {jnp.shape(std)} differ in shape")
+    if jnp.ndim(mean) < 1:
+        raise ValueError(f"mean needs a leading example axis, got shape {jnp.shape(mean)}")
+    targets = _match(mean, targets, "mean")
+    per_dim = 0.5 * jnp.log(2 * math.pi * jnp.square(std)) + 0.5 * jnp.square((targets - mean) / std)
+    return jnp.mean(jnp.sum(per_dim.reshape(per_dim.shape[0], -1), axis=-1))
+
+
+def central_interval(mean: Array, std: Array, *, level: float = 0.95) -> tuple[Array, Array]:
+    """The central ``level`` interval of N(m, s^2): m -+ z s with z = Phi^{-1}((1 + level) / 2)."""
+    if isinstance(level, (bool, np.bool_)) or not isinstance(level, (int, float, np.floating)) or not 0 < level < 1:
+        raise ValueError(f"level must be a number in (0, 1), got {level!r}")
+    if jnp.shape(mean) != jnp.shape(std):
+        raise ValueError(f"mean {jnp.shape(mean)} and std {jnp.shape(std)} differ in shape")
+    z = float(jax.scipy.special.ndtri(np.float64((1 + level) / 2)))
+    return mean - z * std, mean + z * std
+
+
+def interval_coverage(lower: Array, upper: Array, targets: Array) -> Array:
+    """Fraction of targets inside their interval [lower, upper] (over examples and outputs).
+
+    For calibrated intervals at level l it is close to l; far below l means overconfidence.
+    """
+    if jnp.shape(lower) != jnp.shape(upper):
+        raise ValueError(f"lower {jnp.shape(lower)} and upper {jnp.shape(upper)} differ in shape")
+    targets = _match(lower, targets, "lower")
+    return jnp.mean((targets >= lower) & (targets <= upper))
+
+
+# ---- classification: total, aleatoric and epistemic uncertainty -------------------------------------
+
+
+class ClassificationUncertainty(NamedTuple):
+    """Per-example uncertainties of the predictive (see the module docstring).
+
+    Fields:
+      probs: the predictive (1/S) sum_s p_s, shape (examples, classes).
+      entropy: H[(1/S) sum_s p_s], total uncertainty.
+      expected_entropy: (1/S) sum_s H[p_s], aleatoric.
+      mutual_information: entropy - expected_entropy = I[y; w | x] >= 0, epistemic (clipped at 0
+        against rounding).
+    """
+
+    probs: Array
+    entropy: Array
+    expected_entropy: Array
+    mutual_information: Array
+
+
+def classification_uncertainty(
+    rng_key: PRNGKey,
+    q: MeanFieldState,
+    apply_fn: Callable[[ArrayTree, Array], Array],
+    inputs: Array,
+    *,
+    num_samples: int,
+    chunk_size: Optional[int] = None,
+) -> ClassificationUncertainty:
+    """Predictive probabilities with their entropy split into aleatoric and epistemic parts."""
+
+    def probs_and_entropy(w, x):
+        log_p = jax.nn.log_softmax(apply_fn(w, x), axis=-1)
+        p = jnp.exp(log_p)
+        return p, -jnp.sum(p * log_p, axis=-1)
+
+    probs, expected_entropy = predictive_mean(rng_key, q, probs_and_entropy, inputs, num_samples=num_samples,
+                                              chunk_size=chunk_size)
+    entropy = predictive_entropy(probs)
+    return ClassificationUncertainty(probs, entropy, expected_entropy, jnp.maximum(entropy - expected_entropy, 0.0))
+
+
+def predictive_mutual_information(
+    rng_key: PRNGKey,
+    q: MeanFieldState,
+    apply_fn: Callable[[ArrayTree, Array], Array],
+    inputs: Array,
+    *,
+    num_samples: int,
+    chunk_size: Optional[int] = None,
+) -> Array:
+    """I[y; w | x] per example (BALD's score): the epistemic part of :func:`classification_uncertainty`."""
+    return classification_uncertainty(rng_key, q, apply_fn, inputs, num_samples=num_samples,
+                                      chunk_size=chunk_size).mutual_information

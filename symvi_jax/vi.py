@@ -97,11 +97,18 @@ class SampleFn(Protocol):
 
 class VIAlgorithm(NamedTuple):
     """The public triple, as in blackjax: ``init(params)``, ``step(rng_key, state, batch)``,
-    ``sample(rng_key, state, num_samples)``."""
+    ``sample(rng_key, state, num_samples)``.
+
+    ``build`` also records the ``data_size`` N it scaled the likelihood by and the
+    ``loglikelihood_fn``, so that :func:`fit` can check its data against both before training
+    (None when unknown, e.g. a record built by hand; fit then skips those checks).
+    """
 
     init: InitFn
     step: StepFn
     sample: SampleFn
+    data_size: Optional[int] = None
+    loglikelihood_fn: Optional[Callable[[ArrayTree, Any], Array]] = None
 
 
 class NonFiniteError(FloatingPointError):
@@ -127,6 +134,9 @@ def build(
     skip_nonfinite: bool = False,
     track_grad_norm: bool = True,
     temperature: Optional[float] = None,
+    kl_weight: float = 1.0,
+    likelihood_temperature: float = 1.0,
+    proposal_temperature: Optional[float] = None,
     frozen: Optional[ArrayTree] = None,
 ) -> VIAlgorithm:
     """Bind a likelihood, an optimiser and the objective's configuration once.
@@ -156,16 +166,27 @@ def build(
       track_grad_norm: report the gradient's global norm in ``info.grad_norm``. The extra pass
         over the gradient stops XLA from fusing it into the optimiser update; at width 1024 on a
         CPU it costs about 10% of a step (``benchmarks/peers.py``). With False it is NaN.
-      temperature: the proposal's tempering for ``estimator="importance"`` (None: 1).
+      proposal_temperature: the proposal's tempering for ``estimator="importance"`` (None: 1).
+      temperature: deprecated alias of ``proposal_temperature`` (a ``DeprecationWarning``).
+      kl_weight: beta in (0, inf), the weight of KL(q || p) (of KL(q^G || p) = KL - I for the
+        symmetrized objective); 1 is the ELBO.
+      likelihood_temperature: T in (0, inf); the likelihood term is divided by T, so T < 1 is a
+        cold posterior p(D | w)^(1/T) p(w). See ``objectives`` for the tempered objectives.
       frozen: the leaves held out of q with ``nets.partition`` (fixed, not inferred). A group
         that moves one of them must leave it invariant; ``init`` checks that, and refuses a group
         that moves a leaf that is neither in the params nor in ``frozen``.
     """
+    proposal_temperature = objectives._proposal_temperature(proposal_temperature, temperature)
+    objectives._check_tempering(kl_weight, likelihood_temperature)
+    tempering = dict(kl_weight=kl_weight, likelihood_temperature=likelihood_temperature)
     if not callable(loglikelihood_fn):
         raise ValueError(f"loglikelihood_fn must be callable (params, batch) -> Array[M], got {type(loglikelihood_fn).__name__}")
     if not hasattr(optimizer, "init") or not hasattr(optimizer, "update"):
         raise ValueError(f"optimizer must be an optax GradientTransformation, got {type(optimizer).__name__}")
     if callable(objective):
+        if kl_weight != 1.0 or likelihood_temperature != 1.0:
+            raise ValueError("kl_weight and likelihood_temperature apply to objective='elbo' or 'symmetrized_elbo'; "
+                             "a callable objective weighs its own terms")
         objective_fn = objective
     elif objective == "elbo":
         if group is not None or num_permutations is not None:
@@ -176,6 +197,7 @@ def build(
             data_size=data_size,
             prior_scale=prior_scale,
             num_samples=num_samples,
+            **tempering,
         )
     elif objective == "symmetrized_elbo":
         if group is None:
@@ -191,13 +213,14 @@ def build(
             num_permutations=num_permutations,
             estimator=estimator,
             chunk_size=chunk_size,
-            temperature=temperature,
+            proposal_temperature=proposal_temperature,
+            **tempering,
         )
     else:
         raise ValueError(f"objective must be 'elbo', 'symmetrized_elbo' or a callable, got {objective!r}")
     # Validate the configuration eagerly, before anything is traced.
     _check_config(objective, data_size, num_samples, num_permutations, estimator, prior_scale, init_scale, group,
-                  chunk_size, temperature)
+                  chunk_size, proposal_temperature)
     for name, flag in (("skip_nonfinite", skip_nonfinite), ("track_grad_norm", track_grad_norm)):
         if not isinstance(flag, bool):
             raise ValueError(f"{name} must be True or False, got {flag!r}")
@@ -214,7 +237,7 @@ def build(
     def sample_fn(rng_key: PRNGKey, state: VIState, num_samples: int) -> ArrayTree:
         return sample(rng_key, state, num_samples)
 
-    return VIAlgorithm(init_fn, step_fn, sample_fn)
+    return VIAlgorithm(init_fn, step_fn, sample_fn, data_size, loglikelihood_fn)
 
 
 def _check_config(objective, data_size, num_samples, num_permutations, estimator, prior_scale, init_scale, group,
@@ -310,7 +333,7 @@ def run(
 ) -> tuple[VIState, VIInfo]:
     """``num_epochs`` passes over ``data`` in shuffled minibatches: a pure ``lax.scan``, no host work.
 
-    The key schedule is :func:`fit`'s: epoch e uses ``key_e = split(rng_key, num_epochs)[e]``, its
+    The key schedule is :func:`fit`'s: epoch e uses ``key_e = fold_in(rng_key, e)``, its
     data order is ``permutation(split(key_e)[0], N)`` (the last incomplete minibatch is dropped)
     and step i of the epoch uses ``split(split(key_e)[1], N // batch_size)[i]``. It is not jitted:
     jit it, or ``jax.jit(jax.vmap(...))`` it over seeds, at the outermost scope. Use :func:`fit`
@@ -337,7 +360,8 @@ def run(
 
         return jax.lax.scan(one_step, state, (order, jax.random.split(key_steps, num_batches)))
 
-    return jax.lax.scan(epoch, state, jax.random.split(rng_key, num_epochs))
+    epoch_keys = jax.vmap(lambda e: jax.random.fold_in(rng_key, e))(jnp.arange(num_epochs))
+    return jax.lax.scan(epoch, state, epoch_keys)
 
 
 def fit(
@@ -353,15 +377,30 @@ def fit(
     checkpoint_every: Optional[int] = None,
     resume: bool = False,
     checkpoint_metadata: Optional[Mapping[str, Any]] = None,
+    allow_data_size_mismatch: bool = False,
 ) -> tuple[VIState, VIInfo]:
     """Train for ``num_epochs`` passes over ``data`` in shuffled minibatches, optionally checkpointed.
 
-    Randomness is a pure function of ``rng_key``: epoch e uses ``key_e = split(rng_key,
-    num_epochs)[e]``, its data order is ``permutation(split(key_e)[0], N)`` (the last incomplete
-    minibatch is dropped, so every step has the same shapes) and step i of the epoch uses
-    ``split(split(key_e)[1], N // batch_size)[i]``. The steps run inside one jit-compiled
-    ``lax.while_loop`` over a range of steps of an epoch, with the data resident on the device;
-    it is compiled once and reused for every epoch and every range. This helper jits internally.
+    Randomness is a pure function of ``rng_key``: epoch e uses ``key_e = fold_in(rng_key, e)``,
+    its data order is ``permutation(split(key_e)[0], N)`` (the last incomplete minibatch is
+    dropped, so every step has the same shapes) and step i of the epoch uses
+    ``split(split(key_e)[1], N // batch_size)[i]``. Epoch e does not depend on ``num_epochs``, so
+    the first E epochs of a longer run are exactly an E-epoch run. The steps run inside one
+    jit-compiled ``lax.while_loop`` over a range of steps of an epoch, with the data resident on
+    the device; it is compiled once and reused for every epoch, every range and every
+    ``num_epochs``. This helper jits internally.
+
+    Checks before training (nothing is compiled or written when one fails):
+
+    * ``data_size``: the algorithm scales each minibatch sum by N / M with the N given to
+      :func:`build`; if N differs from ``len(data)`` the likelihood is silently over- or
+      under-weighted against the KL (N = 60000 on 400 points weights it 150x). This is refused
+      unless ``allow_data_size_mismatch=True``, which is meant for a deliberate mismatch, e.g.
+      ``data`` is one shard of a larger training set of size N, or an intended reweighting (a
+      likelihood temperature says that more plainly).
+    * The likelihood's own ``check_batch(params, data)``, when it has one (every builder in
+      ``symvi_jax.likelihoods`` does), on the whole data set with the mean of q: labels outside the
+      network's classes would give a NaN or a wrong objective under jit, not an error.
 
     Checkpoints: with ``checkpoint_dir`` the state, the key, the number of steps done and the
     history so far are saved (``symvi_jax.checkpoint``, atomic) every ``checkpoint_every`` steps
@@ -371,6 +410,9 @@ def fit(
     the uninterrupted run would have, and the final state and history are bitwise identical on
     the same machine (``tests/test_checkpoint.py``). A finished run is returned without training,
     so a sweep that re-runs every configuration with ``resume=True`` skips the finished ones.
+    Resuming with a larger ``num_epochs`` extends the run (a finished one included): the result
+    is bitwise the run that had asked for that many epochs from the start. A smaller
+    ``num_epochs`` is accepted while the checkpoint has not passed it.
 
     Args:
       rng_key: randomness for shuffling and for every step.
@@ -384,8 +426,10 @@ def fit(
       checkpoint_every: save every this many steps (a positive int; needs ``checkpoint_dir``).
       resume: continue from the latest checkpoint in ``checkpoint_dir`` if there is one. If it
         holds checkpoints and ``resume`` is False, fit refuses to start rather than mix two runs.
+        (The CLI's ``--resume`` sets it.)
       checkpoint_metadata: a JSON-serialisable dict saved with every checkpoint (e.g. the
         experiment's config); resuming with a different one is refused.
+      allow_data_size_mismatch: accept ``algorithm.data_size != len(data)`` (see above).
 
     Returns:
       The final state and the per-step ``VIInfo`` stacked to shape ``(num_epochs, N // batch_size)``.
@@ -395,8 +439,9 @@ def fit(
         not finite (unless the algorithm was built with ``skip_nonfinite=True``, which skips and
         counts such steps in ``info.skipped``). Training stops there; ``err.state`` is the state
         before that step, ``err.step`` its number (0-based, counted over all epochs).
-      ValueError: on bad arguments or data, or a checkpoint that belongs to another run (a
-        different key, data, batch size, number of epochs or ``checkpoint_metadata``).
+      ValueError: on bad arguments or data (a ``data_size`` other than ``len(data)``, labels the
+        likelihood rejects), or a checkpoint that belongs to another run (a different key, data,
+        batch size or ``checkpoint_metadata``, or one already past ``num_epochs``).
     """
     objectives._check_positive_int(num_epochs, "num_epochs")
     objectives._check_positive_int(batch_size, "batch_size")
@@ -425,7 +470,12 @@ def fit(
         if checkpoint_metadata is not None and not isinstance(checkpoint_metadata, Mapping):
             raise ValueError(f"checkpoint_metadata must be a dict, got {type(checkpoint_metadata).__name__}")
         checkpoint_metadata = _jsonable(checkpoint_metadata, "checkpoint_metadata")
+    if not isinstance(allow_data_size_mismatch, bool):
+        raise ValueError(f"allow_data_size_mismatch must be True or False, got {allow_data_size_mismatch!r}")
+    if not allow_data_size_mismatch:
+        _check_data_size(algorithm.data_size, size, batch_size)
     data = jax.tree.map(jnp.asarray, data)
+    _check_likelihood_data(algorithm.loglikelihood_fn, state, data)
     # Abstract evaluation on the whole data set: shape checks, and label-range checks on the
     # concrete (closed-over) targets, without computing anything. Its info shapes size the history.
     _, info_shapes = jax.eval_shape(lambda s: algorithm.step(rng_key, s, data), state)
@@ -433,7 +483,7 @@ def fit(
 
     # The per-epoch buffer for the info of each step, filled in by _run_steps.
     info_buffer = jax.tree.map(lambda s: np.zeros((num_batches,) + s.shape, s.dtype), info_shapes)
-    run_steps = functools.partial(_run_steps, algorithm, num_epochs, batch_size)
+    run_steps = functools.partial(_run_steps, algorithm, batch_size)
 
     done = 0
     checkpointer = None
@@ -450,6 +500,7 @@ def fit(
                 "steps_per_epoch": num_batches,
                 "total_steps": total_steps,
                 "data_sha256": _data_digest(data),
+                "epoch_keys": _EPOCH_KEYS,
             }
             config = checkpoint_metadata
             latest = checkpointer.latest_step()
@@ -457,7 +508,8 @@ def fit(
                 if not resume:
                     raise ValueError(
                         f"checkpoint_dir {checkpoint_dir} already holds checkpoints (latest step {latest}); "
-                        "pass resume=True to continue that run, or use an empty directory"
+                        "pass resume=True (CLI: --resume) to continue or extend that run, or use an empty "
+                        "directory (CLI: another --out)"
                     )
                 state, history, done = _resume(checkpointer, state, history, rng_key, fit_record, config)
 
@@ -507,15 +559,20 @@ def fit(
 _all_finite_jit = jax.jit(lambda x: _all_finite(x))
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1, 2))
-def _run_steps(algorithm, num_epochs, batch_size, state, rng_key, data, infos, start, stop, epoch):
+#: How epoch keys derive from fit's rng_key; recorded in checkpoints, since runs saved with
+#: another rule (``split(rng_key, num_epochs)[e]`` before extending runs was possible) differ.
+_EPOCH_KEYS = "fold_in(rng_key, epoch)"
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def _run_steps(algorithm, batch_size, state, rng_key, data, infos, start, stop, epoch):
     """Steps ``start .. stop - 1`` of epoch ``epoch`` (see :func:`fit`), stopping at the first non-finite one.
 
-    Compiled once per (algorithm, num_epochs, batch_size, shapes), reused for every epoch and range.
+    Compiled once per (algorithm, batch_size, shapes), reused for every epoch, range and run length.
     """
     size = jax.tree.leaves(data)[0].shape[0]
     num_batches = size // batch_size
-    epoch_key = jax.random.split(rng_key, num_epochs)[epoch]
+    epoch_key = jax.random.fold_in(rng_key, epoch)
     key_order, key_steps = jax.random.split(epoch_key)
     order = jax.random.permutation(key_order, size)[: num_batches * batch_size].reshape(num_batches, batch_size)
     step_keys = jax.random.split(key_steps, num_batches)
@@ -574,6 +631,30 @@ def _check_data(data) -> int:
     return sizes[0]
 
 
+def _check_data_size(data_size: Optional[int], size: int, batch_size: int) -> None:
+    """Refuse an algorithm whose likelihood scale N / M was built for another number of examples."""
+    if data_size is None or data_size == size:
+        return
+    raise ValueError(
+        f"data_size mismatch: the algorithm was built with data_size={data_size} but data holds {size} "
+        f"examples, so each minibatch log-likelihood would be scaled by {data_size}/{batch_size} instead of "
+        f"{size}/{batch_size} ({data_size / size:.3g}x the weight of the data against the KL). Build with "
+        f"data_size={size}, or pass allow_data_size_mismatch=True to fit if the mismatch is deliberate "
+        "(e.g. data is one shard of a larger training set)"
+    )
+
+
+def _check_likelihood_data(loglikelihood_fn, state, data) -> None:
+    """Run the likelihood's eager ``check_batch`` on the whole data set, with the mean of q."""
+    check = getattr(loglikelihood_fn, "check_batch", None)
+    if check is None:
+        return
+    params = getattr(getattr(state, "params", None), "loc", None)
+    if params is None:
+        return  # not a mean-field VIState: the abstract evaluation below still checks shapes
+    check(params, data)
+
+
 def _data_digest(data) -> str:
     """sha256 over the shapes, dtypes and bytes of every data array (to refuse resuming on other data)."""
     digest = hashlib.sha256()
@@ -593,25 +674,54 @@ def _jsonable(value, name):
         raise ValueError(f"{name} must be JSON-serialisable with finite numbers: {err}") from None
 
 
+#: Fit-record entries that may change on resume: the run's length (resume extends or shortens it).
+_RUN_LENGTH = ("num_epochs", "total_steps")
+
+_START_AFRESH = "; to start a new run use an empty checkpoint_dir (CLI: another --out, without --resume)"
+
+
 def _resume(checkpointer, state, history, rng_key, fit_record, config):
-    """Restore the latest checkpoint after checking that it belongs to this run."""
-    saved = checkpointer.read_metadata()["user"]
+    """Restore the latest checkpoint after checking that it belongs to this run.
+
+    The run may be longer than the checkpointed one (it is extended) or shorter, as long as the
+    checkpoint has not passed its last step; the history is copied into this run's buffer.
+    """
+    step = checkpointer.latest_step()
+    saved = checkpointer.read_metadata(step)["user"]
     saved_fit = saved.get("fit", {})
-    changed = sorted(k for k in fit_record if saved_fit.get(k) != fit_record[k])
+    changed = sorted(k for k in fit_record if k not in _RUN_LENGTH and saved_fit.get(k) != fit_record[k])
     if changed:
         detail = ", ".join(f"{k}: saved {saved_fit.get(k)!r}, now {fit_record[k]!r}" for k in changed)
-        raise ValueError(f"cannot resume from {checkpointer.directory}: the run differs from the checkpointed one ({detail})")
+        raise ValueError(
+            f"cannot resume from {checkpointer.directory}: the run differs from the checkpointed one ({detail})"
+            + _START_AFRESH
+        )
     if saved.get("config") != config:
         raise ValueError(
             f"cannot resume from {checkpointer.directory}: checkpoint_metadata differs from the checkpointed "
-            f"run's (saved {saved.get('config')!r}, now {config!r})"
+            f"run's (saved {saved.get('config')!r}, now {config!r})" + _START_AFRESH
         )
-    restored = checkpointer.restore(state, history=history)
+    if step > fit_record["total_steps"]:
+        steps_per_epoch = fit_record["steps_per_epoch"]
+        raise ValueError(
+            f"cannot resume from {checkpointer.directory}: its checkpoint is at step {step}, past the "
+            f"{fit_record['total_steps']} steps of num_epochs={fit_record['num_epochs']}; resume with "
+            f"num_epochs >= {-(-step // steps_per_epoch)}" + _START_AFRESH
+        )
+    saved_epochs = saved_fit.get("num_epochs", fit_record["num_epochs"])
+    saved_history = jax.tree.map(lambda h: np.zeros((saved_epochs,) + h.shape[1:], h.dtype), history)
+    restored = checkpointer.restore(state, history=saved_history, step=step)
     saved_key, _ = _key_data(restored.rng_key)
     given_key, _ = _key_data(rng_key)
     if not np.array_equal(saved_key, given_key):
-        raise ValueError(f"cannot resume from {checkpointer.directory}: rng_key differs from the checkpointed run's key")
-    return restored.state, restored.history, int(restored.step)
+        raise ValueError(
+            f"cannot resume from {checkpointer.directory}: rng_key differs from the checkpointed run's key"
+            + _START_AFRESH
+        )
+    kept = min(saved_epochs, fit_record["num_epochs"])
+    for buffer, values in zip(jax.tree.leaves(history), jax.tree.leaves(restored.history)):
+        buffer[:kept] = np.asarray(values)[:kept]
+    return restored.state, history, int(restored.step)
 
 
 def _key_data(rng_key):

@@ -53,6 +53,12 @@ FIT_CASES = [
      "checkpoint_metadata must be JSON"),
     ("a checkpoint folder under a file", dict(checkpoint_dir="file/ckpt"), "is a file, not a directory"),
     ("not an algorithm", dict(algorithm=lambda a: a.step), "algorithm must be a VIAlgorithm"),
+    ("data of another size than data_size", dict(data=lambda x, y: (x[:8], y[:8])),
+     "data_size mismatch: the algorithm was built with data_size=16 but data holds 8 examples"),
+    ("allow_data_size_mismatch 'yes'", dict(allow_data_size_mismatch="yes"),
+     "allow_data_size_mismatch must be True or False"),
+    ("labels past the classes, with checkpoints", dict(data=lambda x, y: (x, y.at[5].set(3)), checkpoint_dir="ckpt"),
+     r"labels must lie in \[0, 3\)"),
 ]
 
 

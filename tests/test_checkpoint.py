@@ -159,12 +159,59 @@ def test_resuming_a_finished_run_returns_it_without_training(tmp_path, problem):
     assert_bitwise_equal(resumed, problem["reference"])
 
 
+def test_resume_with_more_epochs_extends_a_finished_run_bitwise(tmp_path, problem):
+    """4 epochs, then resume=True with num_epochs=6: bitwise the run that asked for 6 from the start."""
+    algorithm, state, data = problem["algorithm"], problem["state"], problem["data"]
+    six = lambda **kw: vi.fit(jax.random.key(7), algorithm, state, data, num_epochs=6, batch_size=6,  # noqa: E731
+                              progress_bar=False, **kw)
+    problem["fit"](jax.random.key(7), checkpoint_dir=tmp_path)
+    assert checkpoint.is_finished(tmp_path)
+    extended = six(checkpoint_dir=tmp_path, resume=True)
+    direct = six()
+    assert_bitwise_equal(extended, direct)
+    assert checkpoint.latest_step(tmp_path) == 36 and checkpoint.is_finished(tmp_path)
+    # epoch e does not depend on the run length: the 4-epoch run is the start of the 6-epoch one
+    reference_state, reference_history = problem["reference"]
+    assert_bitwise_equal(jax.tree.map(lambda h: h[:4], direct[1]), reference_history)
+    assert not np.array_equal(np.asarray(direct[1].objective[4:]), 0)  # the new epochs did train
+
+
+def test_resume_with_fewer_epochs_that_the_checkpoint_has_reached(tmp_path, problem):
+    problem["fit"](jax.random.key(7), checkpoint_dir=tmp_path, checkpoint_every=6)
+    shutil.rmtree(tmp_path / "24")  # the latest checkpoint is now the end of epoch 3 (step 18)
+    algorithm, state, data = problem["algorithm"], problem["state"], problem["data"]
+    counted = vi.VIAlgorithm(algorithm.init, chex.assert_max_traces(algorithm.step, n=1), algorithm.sample)
+    three = vi.fit(jax.random.key(7), counted, state, data, num_epochs=3, batch_size=6, progress_bar=False,
+                   checkpoint_dir=tmp_path, resume=True)  # finished at 18 steps: no training
+    direct = vi.fit(jax.random.key(7), algorithm, state, data, num_epochs=3, batch_size=6, progress_bar=False)
+    assert_bitwise_equal(three, direct)
+
+
+def test_refusals_name_the_cli_flags(tmp_path, problem):
+    problem["fit"](jax.random.key(7), checkpoint_dir=tmp_path)
+    with pytest.raises(ValueError, match=r"pass resume=True \(CLI: --resume\).*\(CLI: another --out\)"):
+        problem["fit"](jax.random.key(7), checkpoint_dir=tmp_path)
+    with pytest.raises(ValueError, match=r"rng_key differs.*CLI: another --out, without --resume"):
+        problem["fit"](jax.random.key(8), checkpoint_dir=tmp_path, resume=True)
+
+
+def test_resume_refuses_checkpoints_with_the_old_epoch_keys(tmp_path, problem):
+    """Checkpoints from before fold_in epoch keys would continue with other keys: refused."""
+    state, history = problem["reference"]
+    fit_record = {"num_epochs": 4, "batch_size": 6, "num_examples": 40, "steps_per_epoch": 6, "total_steps": 24,
+                  "data_sha256": vi._data_digest(problem["data"])}  # as saved before: no "epoch_keys"
+    checkpoint.save(tmp_path, checkpoint.TrainingCheckpoint(state, jax.random.key(7), 12, jax.device_get(history),
+                                                            {"fit": fit_record, "config": None}))
+    with pytest.raises(ValueError, match=r"epoch_keys: saved None, now 'fold_in\(rng_key, epoch\)'"):
+        problem["fit"](jax.random.key(7), checkpoint_dir=tmp_path, resume=True)
+
+
 @pytest.mark.parametrize(
     "change, message",
     [
         (dict(rng_key=jax.random.key(8)), "rng_key differs"),
         (dict(batch_size=5), "batch_size"),
-        (dict(num_epochs=5), "num_epochs"),
+        (dict(num_epochs=3), r"past the 18 steps of num_epochs=3; resume with num_epochs >= 4"),
         (dict(data_shift=1.0), "data_sha256"),
         (dict(checkpoint_metadata={"lr": 0.1}), "checkpoint_metadata differs"),
     ],

@@ -94,3 +94,68 @@ def test_data_fetch_usage_errors_name_the_argument(capsys, argv, message):
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert message in err and "usage: symvi-jax data" in err
+
+
+def test_abbreviated_flags_are_refused_not_expanded(tmp_path, capsys):
+    """``--num-step 50`` used to be taken as ``--num-steps 50``; now it is an error with a suggestion."""
+    out = tmp_path / "never"
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["demo", "--num-step", "50", "--out", str(out)])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "unrecognized arguments: --num-step 50" in err and "did you mean --num-steps?" in err
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("argv", [["demo", "--num-se", "2"], ["data", "fetch", "mnist", "--di", "x"], ["--hel", "demo"]])
+def test_no_parser_accepts_abbreviations(tmp_path, capsys, argv):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main([*argv, "--out", str(tmp_path / "never")] if argv[0] == "demo" else argv)
+    assert exit_info.value.code == 2  # --hel taken as --help would exit 0
+    assert "unrecognized arguments" in capsys.readouterr().err
+    assert not (tmp_path / "never").exists()
+
+
+def test_every_parser_disallows_abbreviations():
+    parsers, todo = [], [cli.build_parser()]
+    while todo:
+        parser = todo.pop()
+        parsers.append(parser)
+        for action in parser._actions:
+            if action.choices and isinstance(action.choices, dict):
+                todo.extend(action.choices.values())
+    assert len(parsers) == 1 + len(cli.COMMANDS) + 2  # top level, experiments, data, data fetch
+    assert all(not p.allow_abbrev for p in parsers), [p.prog for p in parsers if p.allow_abbrev]
+
+
+@pytest.mark.parametrize("text", ["16,8", "16, 8", "[16, 8]", " 16 ,8 "])
+def test_list_flags_take_commas_or_yaml(text):
+    from symvi_jax.experiments import train
+
+    args, unknown = cli.build_parser().parse_known_args(["train", "--hidden", text])
+    assert not unknown
+    assert base.parse_value(args.config__hidden, tuple[int, ...], "hidden") == (16, 8)
+    config = base.load_config(train.Config, None, {"hidden": base.parse_value(text, tuple[int, ...], "hidden")})
+    assert config.hidden == (16, 8)
+
+
+def test_comma_lists_for_other_kinds_and_their_errors():
+    from typing import Optional
+
+    assert base.parse_value("0.1,0.2", tuple[float, ...], "alphas") == (0.1, 0.2)
+    assert base.parse_value("mfvi,sgm5", tuple[str, ...], "methods") == ("mfvi", "sgm5")
+    assert base.parse_value("3,4", Optional[tuple[int, ...]], "widths") == (3, 4)
+    assert base.parse_value("8", tuple[int, ...], "hidden") == (8,)
+    assert base.parse_value("a,b", str, "name") == "a,b"  # not a tuple field: the comma is text
+    for bad in ("16,,8", "16,", ",8"):
+        with pytest.raises(ValueError, match="'hidden'.*empty item"):
+            base.parse_value(bad, tuple[int, ...], "hidden")
+    with pytest.raises(ValueError, match="'hidden' must be an integer"):
+        base.parse_value("16,x", tuple[int, ...], "hidden")
+
+
+def test_bad_comma_list_flag_fails_cleanly(tmp_path, capsys):
+    out = tmp_path / "never"
+    assert cli.main(["train", "--hidden", "16,,8", "--out", str(out)]) == 2
+    assert "empty item" in capsys.readouterr().err
+    assert not out.exists()

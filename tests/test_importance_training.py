@@ -21,7 +21,7 @@ def _problem():
 def test_importance_step_trains_and_compiles_once():
     params, group, loglik, batch = _problem()
     algorithm = vi.build(loglik, optax.adam(1e-2), data_size=8, objective="symmetrized_elbo", group=group,
-                         num_permutations=5, estimator="importance", temperature=2.0, init_scale=0.3)
+                         num_permutations=5, estimator="importance", proposal_temperature=2.0, init_scale=0.3)
     state = algorithm.init(params)
     traces = []
 
@@ -57,11 +57,30 @@ def test_temperature_is_checked():
     params, group, loglik, _ = _problem()
     with pytest.raises(ValueError, match="temperature only applies"):
         vi.build(loglik, optax.adam(1e-2), data_size=8, objective="symmetrized_elbo", group=group,
-                 num_permutations=5, temperature=2.0)
+                 num_permutations=5, proposal_temperature=2.0)
     with pytest.raises(ValueError, match="temperature applies"):
-        vi.build(loglik, optax.adam(1e-2), data_size=8, temperature=2.0)
+        vi.build(loglik, optax.adam(1e-2), data_size=8, proposal_temperature=2.0)
     with pytest.raises(ValueError, match="temperature must be"):
         vi.build(loglik, optax.adam(1e-2), data_size=8, objective="symmetrized_elbo", group=group,
-                 num_permutations=5, estimator="importance", temperature=-1.0)
+                 num_permutations=5, estimator="importance", proposal_temperature=-1.0)
     with pytest.raises(ValueError, match="num_permutations"):
         orbits.mutual_information(jax.random.key(0), None, group, num_samples=2, estimator="importance")
+
+
+def test_temperature_is_a_deprecated_alias_of_proposal_temperature():
+    params, group, loglik, batch = _problem()
+    kwargs = dict(data_size=8, objective="symmetrized_elbo", group=group, num_permutations=5, estimator="importance",
+                  init_scale=0.3)
+    with pytest.warns(DeprecationWarning, match="use proposal_temperature="):
+        old = vi.build(loglik, optax.adam(1e-2), temperature=2.0, **kwargs)
+    new = vi.build(loglik, optax.adam(1e-2), proposal_temperature=2.0, **kwargs)
+    other = vi.build(loglik, optax.adam(1e-2), proposal_temperature=0.5, **kwargs)
+    state = new.init(params)
+    a, b, c = (jax.jit(algo.step)(jax.random.key(1), state, batch)[1] for algo in (old, new, other))
+    assert float(a.mutual_information) == float(b.mutual_information)  # the alias reaches the proposal
+    assert float(c.mutual_information) != float(b.mutual_information)  # and the proposal's temperature matters
+    with pytest.raises(ValueError, match="pass proposal_temperature only"):
+        vi.build(loglik, optax.adam(1e-2), temperature=2.0, proposal_temperature=2.0, **kwargs)
+    with pytest.warns(DeprecationWarning, match="use proposal_temperature="):
+        objectives.symmetrized_elbo(jax.random.key(0), state.params, batch, loglikelihood_fn=loglik, group=group,
+                                    data_size=8, num_permutations=5, estimator="importance", temperature=2.0)

@@ -69,3 +69,43 @@ def test_partition_and_combine_round_trip(next_key):
 def test_mlp_rejects_bad_features():
     with pytest.raises(ValueError, match="features"):
         MLP(features=(3, 0)).init(jax.random.key(0), jnp.ones((1, 2)))
+
+
+def test_mlp_param_dtype_float64_needs_no_casts():
+    """With x64 on (locally, in a context), param_dtype=float64 gives float64 params and outputs."""
+    import numpy as np
+
+    with jax.enable_x64(True):
+        model = MLP(features=(4, 2), param_dtype=jnp.float64)
+        x = jax.random.normal(jax.random.key(1), (3, 5), dtype=jnp.float64)
+        params = model.init(jax.random.key(0), x)["params"]
+        assert all(leaf.dtype == jnp.float64 for leaf in jax.tree.leaves(params))
+        out = model.apply({"params": params}, x)
+        assert out.dtype == jnp.float64
+        # the computation really is float64: it matches a float64 numpy forward pass to 1e-12
+        h = np.maximum(np.asarray(x) @ np.asarray(params["Dense_0"]["kernel"]) + np.asarray(params["Dense_0"]["bias"]), 0)
+        ref = h @ np.asarray(params["Dense_1"]["kernel"]) + np.asarray(params["Dense_1"]["bias"])
+        np.testing.assert_allclose(np.asarray(out), ref, rtol=1e-12, atol=1e-12)
+        # dtype=float32 computes in float32 while keeping float64 parameters
+        out32 = MLP(features=(4, 2), param_dtype=jnp.float64, dtype=jnp.float32).apply({"params": params}, x)
+        assert out32.dtype == jnp.float32
+
+
+def test_mlp_default_param_dtype_is_float32():
+    params = MLP(features=(3,)).init(jax.random.key(0), jnp.ones((1, 2)))["params"]
+    assert all(leaf.dtype == jnp.float32 for leaf in jax.tree.leaves(params))
+    params16 = MLP(features=(3,), param_dtype=jnp.bfloat16).init(jax.random.key(0), jnp.ones((1, 2)))["params"]
+    assert all(leaf.dtype == jnp.bfloat16 for leaf in jax.tree.leaves(params16))
+
+
+@pytest.mark.parametrize("name, value", [("param_dtype", jnp.int32), ("param_dtype", None), ("param_dtype", "nope"),
+                                         ("dtype", jnp.bool_)])
+def test_mlp_rejects_non_float_dtypes(name, value):
+    with pytest.raises(ValueError, match=f"{name} must be a floating dtype"):
+        MLP(features=(3,), **{name: value}).init(jax.random.key(0), jnp.ones((1, 2)))
+
+
+def test_mlp_float64_without_x64_is_refused():
+    assert not jax.config.jax_enable_x64
+    with pytest.raises(ValueError, match="jax_enable_x64"):
+        MLP(features=(3,), param_dtype=jnp.float64).init(jax.random.key(0), jnp.ones((1, 2)))

@@ -87,3 +87,18 @@ def test_only_experiments_that_checkpoint_take_resume(tmp_path, capsys):
     assert "unrecognized arguments: --resume" in capsys.readouterr().err
     assert not (tmp_path / "demo").exists()
     assert cli.build_parser().parse_args(["train", "--resume"]).resume is True
+
+
+def test_resume_with_more_epochs_extends_the_run(tmp_path, capsys):
+    """``train --resume --num-epochs 3`` on a finished 2-epoch run equals a 3-epoch run from scratch."""
+    config = tmp_path / "quick.yaml"
+    config.write_text(QUICK.replace("num_epochs: 6", "num_epochs: 2"))
+    run = lambda out, *extra: cli.main(["train", "--config", str(config), "--out", str(tmp_path / out), *extra])  # noqa: E731
+    assert run("extended") == 0
+    assert run("extended", "--num-epochs", "3") == 2  # the folder holds a run: refused, naming the flag
+    assert "--resume" in capsys.readouterr().err
+    assert run("extended", "--num-epochs", "3", "--resume") == 0
+    assert run("direct", "--num-epochs", "3") == 0
+    extended, direct = _rows(tmp_path / "extended"), _rows(tmp_path / "direct")
+    assert extended[0]["num_steps"] == 24 and extended == direct
+    assert checkpoint.is_finished(tmp_path / "extended" / "checkpoints")

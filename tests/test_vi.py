@@ -149,6 +149,42 @@ def test_fit_rejects_bad_data(next_key):
         fit((x[:0], y[:0]))
 
 
+def test_fit_refuses_a_data_size_other_than_len_data_unless_told(next_key):
+    """The README once built data_size=60_000 and fitted 400 points: the likelihood weighed 150x."""
+    params, loglik, (x, y) = _classification(next_key)
+    algorithm = vi.build(loglik, optax.adam(1e-2), data_size=60_000)
+    assert algorithm.data_size == 60_000 and algorithm.loglikelihood_fn is loglik
+    state = algorithm.init(params)
+    with pytest.raises(ValueError, match=r"data_size=60000 but data holds 32 examples.*1\.88e\+03x.*"
+                                         r"allow_data_size_mismatch=True"):
+        vi.fit(next_key(), algorithm, state, (x, y), num_epochs=1, batch_size=8, progress_bar=False)
+    # a deliberate mismatch (data is a shard of a larger set) is allowed when asked for
+    _, history = vi.fit(next_key(), algorithm, state, (x, y), num_epochs=1, batch_size=8, progress_bar=False,
+                        allow_data_size_mismatch=True)
+    assert history.objective.shape == (1, 4)
+
+
+def test_fit_runs_the_likelihoods_check_batch_even_when_the_step_cannot_see_label_values(next_key):
+    """A likelihood that jits internally hides label values from every trace of the step: without
+    fit's eager check_batch, a label past the classes only surfaced as a NaN objective."""
+    params, loglik, (x, y) = _classification(next_key)
+    jitted = jax.jit(loglik)
+
+    def opaque(p, batch):
+        return jitted(p, batch)
+
+    opaque.check_batch = loglik.check_batch
+    bad = (x, y.at[3].set(7))
+    algorithm = vi.build(opaque, optax.adam(1e-2), data_size=32)
+    state = algorithm.init(params)
+    with pytest.raises(ValueError, match=r"labels must lie in \[0, 3\)"):
+        vi.fit(next_key(), algorithm, state, bad, num_epochs=1, batch_size=8, progress_bar=False)
+    # without the check, the same data trains into a non-finite objective instead of a clear error
+    del opaque.check_batch
+    with pytest.raises(vi.NonFiniteError):
+        vi.fit(next_key(), algorithm, state, bad, num_epochs=1, batch_size=8, progress_bar=False)
+
+
 def _run_problem():
     model = MLP(features=(4, 3))
     params = model.init(jax.random.key(0), jnp.zeros((1, 2)))["params"]

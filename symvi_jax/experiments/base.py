@@ -51,12 +51,35 @@ def _field_types(config_cls) -> dict:
 
 
 def parse_value(text: str, kind, key: str):
-    """Parse a flag value for a field of type ``kind`` (YAML syntax for tuples: ``[5, 10]``)."""
+    """Parse a flag value for a field of type ``kind``.
+
+    Values are YAML (``0.1``, ``true``, ``[5, 10]``); for tuple fields a bare comma-separated
+    list is accepted too (``5,10`` is ``[5, 10]``), each item parsed as YAML.
+    """
+    if isinstance(text, str) and _is_sequence_kind(kind) and "," in text and text.strip()[:1] not in ("[", "("):
+        items = [item.strip() for item in text.split(",")]
+        if not all(items):
+            raise ValueError(
+                f"config key {key!r}: {text!r} has an empty item; write a comma-separated list such as "
+                "5,10 or a YAML list such as [5, 10]"
+            )
+        return _coerce([_load_yaml(item, key) for item in items], kind, key)
+    value = _load_yaml(text, key) if isinstance(text, str) else text
+    return _coerce(value, kind, key)
+
+
+def _load_yaml(text: str, key: str):
     try:
-        value = yaml.safe_load(text) if isinstance(text, str) else text
+        return yaml.safe_load(text)
     except yaml.YAMLError as err:
         raise ValueError(f"config key {key!r}: cannot parse {text!r} ({str(err).splitlines()[0]})") from None
-    return _coerce(value, kind, key)
+
+
+def _is_sequence_kind(kind) -> bool:
+    """True for ``tuple[...]``/``list``/``Sequence`` and ``Optional`` of one of them."""
+    if typing.get_origin(kind) is typing.Union:
+        return any(_is_sequence_kind(a) for a in typing.get_args(kind) if a is not type(None))
+    return typing.get_origin(kind) in (tuple, list, Sequence) or kind in (tuple, list)
 
 
 def _coerce(value, kind, key: str):

@@ -319,7 +319,7 @@ def _objective_kwargs(method, group, config: Config):
         return {}
     kwargs = dict(objective="symmetrized_elbo", group=group, num_permutations=config.train_num_permutations)
     if method == "importance":
-        kwargs.update(estimator="importance", temperature=config.temperature)
+        kwargs.update(estimator="importance", proposal_temperature=config.temperature)
     return kwargs
 
 

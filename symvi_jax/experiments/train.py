@@ -130,8 +130,10 @@ def run(config: Config, *, checkpoint_dir: Optional[str] = None, resume: bool = 
         step = checkpoint.latest_step(checkpoint_dir) if resume else None
         if step is not None:
             print(f"train: resuming from the checkpoint at step {step} in {checkpoint_dir}", file=sys.stderr)
+        # num_epochs is left out of the metadata: --resume with more epochs extends the run (vi.fit).
+        metadata = {k: v for k, v in to_jsonable(config).items() if k != "num_epochs"}
         fit_kwargs = dict(checkpoint_dir=checkpoint_dir, checkpoint_every=config.checkpoint_every, resume=resume,
-                          checkpoint_metadata=to_jsonable(config))
+                          checkpoint_metadata=metadata)
     elif resume:
         raise ValueError("resume=True needs a checkpoint_dir")
     state, history = vi.fit(key_fit, algorithm, jax.jit(algorithm.init)(params), train,
