@@ -159,6 +159,7 @@ def _with_check(loglikelihood_fn, apply_fn, check_targets):
         check_targets(jax.device_get(targets), outputs.shape)
 
     loglikelihood_fn.check_batch = check
+    loglikelihood_fn.apply_fn = apply_fn  # lets vi.fit check the group's invariance on real inputs
     return loglikelihood_fn
 
 

@@ -469,7 +469,7 @@ class WeightSymmetry:
             raise ValueError(f"apply_fn must be callable (params, inputs) -> outputs, got {type(apply_fn).__name__}")
         if not _is_int(num_elements) or num_elements < 1:
             raise ValueError(f"num_elements must be a positive int, got {num_elements!r}")
-        self.check_shapes(params)
+        self.check_shapes(params, allow_missing=True)  # a trainable subset leaves held-out leaves in place
         rng_key = jax.random.key(0) if rng_key is None else rng_key
         key_perturb, key_elements = jax.random.split(rng_key)
         perturbed = _perturb(key_perturb, params)

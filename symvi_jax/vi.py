@@ -100,8 +100,10 @@ class VIAlgorithm(NamedTuple):
     ``sample(rng_key, state, num_samples)``.
 
     ``build`` also records the ``data_size`` N it scaled the likelihood by and the
-    ``loglikelihood_fn``, so that :func:`fit` can check its data against both before training
-    (None when unknown, e.g. a record built by hand; fit then skips those checks).
+    ``loglikelihood_fn``, so that :func:`fit` can check its data against both before training,
+    and the ``group`` of the symmetrized objective, whose invariance fit checks on the first
+    inputs when the likelihood exposes its ``apply_fn`` (None when unknown, e.g. a record built
+    by hand; fit then skips those checks).
     """
 
     init: InitFn
@@ -109,6 +111,7 @@ class VIAlgorithm(NamedTuple):
     sample: SampleFn
     data_size: Optional[int] = None
     loglikelihood_fn: Optional[Callable[[ArrayTree, Any], Array]] = None
+    group: Optional[WeightSymmetry] = None
 
 
 class NonFiniteError(FloatingPointError):
@@ -237,7 +240,8 @@ def build(
     def sample_fn(rng_key: PRNGKey, state: VIState, num_samples: int) -> ArrayTree:
         return sample(rng_key, state, num_samples)
 
-    return VIAlgorithm(init_fn, step_fn, sample_fn, data_size, loglikelihood_fn)
+    return VIAlgorithm(init_fn, step_fn, sample_fn, data_size, loglikelihood_fn,
+                       group if objective == "symmetrized_elbo" else None)
 
 
 def _check_config(objective, data_size, num_samples, num_permutations, estimator, prior_scale, init_scale, group,
@@ -476,6 +480,7 @@ def fit(
         _check_data_size(algorithm.data_size, size, batch_size)
     data = jax.tree.map(jnp.asarray, data)
     _check_likelihood_data(algorithm.loglikelihood_fn, state, data)
+    _check_group_invariance(algorithm, state, data)
     # Abstract evaluation on the whole data set: shape checks, and label-range checks on the
     # concrete (closed-over) targets, without computing anything. Its info shapes size the history.
     _, info_shapes = jax.eval_shape(lambda s: algorithm.step(rng_key, s, data), state)
@@ -653,6 +658,19 @@ def _check_likelihood_data(loglikelihood_fn, state, data) -> None:
     if params is None:
         return  # not a mean-field VIState: the abstract evaluation below still checks shapes
     check(params, data)
+
+
+def _check_group_invariance(algorithm: VIAlgorithm, state, data) -> None:
+    """f(g.w) == f(w) on the first inputs, at the mean of q, before the first step (``WeightSymmetry.check``)."""
+    apply_fn = getattr(algorithm.loglikelihood_fn, "apply_fn", None)
+    params = getattr(getattr(state, "params", None), "loc", None)
+    if algorithm.group is None or apply_fn is None or params is None or not isinstance(data, (tuple, list)):
+        return
+    inputs = jax.tree.map(lambda x: x[:8], data[0])
+    try:
+        algorithm.group.check(apply_fn, params, inputs)
+    except ValueError as err:
+        raise ValueError(f"group: {err} (checked by vi.fit before the first step)") from None
 
 
 def _data_digest(data) -> str:

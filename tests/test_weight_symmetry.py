@@ -185,3 +185,16 @@ def test_a_group_taken_from_a_partitioned_tree_is_refused_as_trivial():
                          group=PermutationGroup.from_params(params), num_permutations=2, frozen=frozen)
     with pytest.raises(ValueError, match="frozen leaf 'Dense_1/kernel' is moved by the group"):
         algorithm.init(trainable)
+
+
+def test_fit_checks_the_groups_invariance_before_the_first_step(tmp_path):
+    """A Dense-chain group read off a residual net's names is refused by vi.fit, and nothing is written."""
+    apply_fn, params, x, _, _, _ = make_residual()
+    y = jnp.asarray(np.random.default_rng(0).integers(0, 2, x.shape[0]), jnp.int32)
+    wrong = PermutationGroup.from_params(params)
+    algorithm = vi.build(likelihoods.categorical(apply_fn), optax.adam(1e-2), data_size=5,
+                         objective="symmetrized_elbo", group=wrong, num_permutations=3)
+    with pytest.raises(ValueError, match="group: factor 'Dense_0' .*not a symmetry.*checked by vi.fit"):
+        vi.fit(jax.random.key(0), algorithm, algorithm.init(params), (x, y), num_epochs=1, batch_size=5,
+               progress_bar=False, checkpoint_dir=str(tmp_path / "ckpt"))
+    assert not (tmp_path / "ckpt").exists() or not any((tmp_path / "ckpt").iterdir())
