@@ -4,7 +4,8 @@ The model is two stride-2 3x3 convolutions with ``channels`` output channels (Re
 head on the flattened ``[7, 7, C]`` feature map. Its group is ``infer_symmetry(apply_fn, params,
 x)``: one factor per convolution's channels (the second one reaches the head as a sub-axis of the
 flattened features), |G| = prod_l C_l!. Every method trains the same network from the same
-initial q with the same keys per seed (common random numbers) via ``vi.run``:
+initial q with the same keys per seed via ``vi.run``; every method draws its weights with the same
+key stream (common random numbers), so a paired difference measures the method:
 
 * ``mfvi`` -- the ELBO L;
 * ``sgm`` -- L + I^K with the paper's InfoNCE bound over K uniform group elements;
@@ -30,7 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from symvi_jax import data, diagnostics, infer_symmetry, likelihoods, predict, vi
+from symvi_jax import data, diagnostics, infer_symmetry, likelihoods, objectives, predict, vi
 from symvi_jax.experiments.base import Result
 from symvi_jax.experiments.stats import paired_ci
 
@@ -108,7 +109,14 @@ def _algorithm(config: Config, method: str, apply_fn, group, size: int):
     loglik = likelihoods.categorical(apply_fn)
     common = dict(data_size=size, init_scale=config.init_scale, prior_scale=config.prior_scale)
     if method == "mfvi":
-        return vi.build(loglik, optax.adam(config.learning_rate), objective="elbo", **common)
+        # Common random numbers: the symmetrized objectives draw their weights with split(key)[0],
+        # so MFVI does too; a paired difference then measures the method, not the noise stream.
+        def paired_elbo(rng_key, q, batch):
+            return objectives.elbo(jax.random.split(rng_key)[0], q, batch, loglikelihood_fn=loglik,
+                                   data_size=size, prior_scale=config.prior_scale)
+
+        return vi.build(loglik, optax.adam(config.learning_rate), objective=paired_elbo, data_size=size,
+                        init_scale=config.init_scale)
     estimator = "infonce" if method == "sgm" else "importance"
     return vi.build(loglik, optax.adam(config.learning_rate), objective="symmetrized_elbo", group=group,
                     num_permutations=config.num_permutations, estimator=estimator, **common)
