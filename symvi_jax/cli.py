@@ -56,6 +56,9 @@ def _add_experiment_parser(subparsers, name: str, module_path: str):
                             help=f"{getattr(hints[field.name], '__name__', hints[field.name])} (default: {default})")
     if "resume" in inspect.signature(module.run).parameters:  # experiments that checkpoint into --out
         parser.add_argument("--resume", action="store_true", help="continue from the checkpoints in OUT/checkpoints")
+    parser.add_argument("--compile-cache", default=None, metavar="DIR",
+                        help="persistent XLA compilation cache: a second run of the same programs compiles nothing "
+                             "(default: $SYMVI_JAX_CACHE or ~/.cache/symvi-jax/jax; 'off' disables it)")
     parser.set_defaults(_module=module, _parser=parser)
     return parser
 
@@ -70,14 +73,18 @@ def _run_experiment(args) -> int:
             overrides[field] = base.parse_value(value, hints[field], field)
     config = base.load_config(module.Config, args.config, overrides)
     base.check_output_dir(args.out)
+    from symvi_jax import compilation
+
     start = time.perf_counter()
     kwargs = {}
     if "resume" in inspect.signature(module.run).parameters:
         kwargs = dict(checkpoint_dir=str(Path(args.out) / "checkpoints"), resume=args.resume)
-    result = module.run(config, **kwargs)
+    with compilation.persistent_cache(args.compile_cache) as cache_dir, compilation.CompileStats() as stats:
+        result = module.run(config, **kwargs)
     written = base.write_results(args.out, config, result)
     print(result.markdown)
     print(f"\nwrote {', '.join(str(p) for p in written)} in {time.perf_counter() - start:.1f} s")
+    print(stats.summary(cache_dir))
     return 0
 
 

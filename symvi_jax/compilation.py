@@ -10,6 +10,7 @@ misses (~/.cache/symvi-jax/jax)``.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 from typing import Optional, Union
@@ -17,15 +18,20 @@ from typing import Optional, Union
 import jax
 from jax._src import monitoring  # the listener registry; jax.monitoring re-exports registration only
 
-__all__ = ["default_cache_dir", "enable_cache", "CompileStats"]
+__all__ = ["default_cache_dir", "enable_cache", "persistent_cache", "CompileStats"]
+
+_CACHE_OPTIONS = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs",
+                  "jax_persistent_cache_min_entry_size_bytes")
 
 _BACKEND_COMPILE = "/jax/core/compile/backend_compile_duration"
 _CACHE_HIT = "/jax/compilation_cache/cache_hits"
 _CACHE_MISS = "/jax/compilation_cache/cache_misses"
 
 
-def default_cache_dir() -> Path:
-    """``$SYMVI_JAX_CACHE``, else ``$XDG_CACHE_HOME/symvi-jax/jax``, else ``~/.cache/symvi-jax/jax``."""
+def default_cache_dir() -> Optional[Path]:
+    """``$SYMVI_JAX_CACHE`` (``off``: None), else ``$XDG_CACHE_HOME/symvi-jax/jax``, else ``~/.cache/symvi-jax/jax``."""
+    if os.environ.get("SYMVI_JAX_CACHE") == "off":
+        return None
     if os.environ.get("SYMVI_JAX_CACHE"):
         return Path(os.environ["SYMVI_JAX_CACHE"])
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
@@ -49,6 +55,24 @@ def enable_cache(directory: Optional[Union[str, os.PathLike]] = None) -> Path:
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
     return path
+
+
+@contextlib.contextmanager
+def persistent_cache(directory: Optional[Union[str, os.PathLike]] = None):
+    """:func:`enable_cache` for the duration of a ``with`` block, then JAX's previous settings.
+
+    ``directory="off"`` (or ``$SYMVI_JAX_CACHE=off`` with no directory) leaves the cache off and
+    yields None.
+    """
+    if directory == "off" or (directory is None and default_cache_dir() is None):
+        yield None
+        return
+    previous = {name: getattr(jax.config, name) for name in _CACHE_OPTIONS}
+    try:
+        yield enable_cache(directory)
+    finally:
+        for name, value in previous.items():
+            jax.config.update(name, value)
 
 
 class CompileStats:

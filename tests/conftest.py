@@ -1,6 +1,11 @@
+import os
+
 import pytest
 
 from fixtures import KeySource
+
+# CLI runs in tests compile into no shared cache unless a test asks for one (--compile-cache DIR)
+os.environ.setdefault("SYMVI_JAX_CACHE", "off")
 
 
 @pytest.fixture

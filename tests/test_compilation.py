@@ -19,3 +19,21 @@ def test_second_process_hits_the_persistent_cache(tmp_path):
     (hits1, misses1), (hits2, misses2) = [tuple(map(int, r[-2:])) for r in runs]
     assert misses1 >= 1 and hits1 == 0
     assert hits2 >= 1 and misses2 == 0
+
+
+def test_cli_prints_compile_time_and_cache_hits_and_a_second_run_hits(tmp_path, capsys):
+    import jax
+
+    from symvi_jax import cli
+
+    argv = ["sign-flips", "--widths", "[2]", "--num-epochs", "5", "--num-mi-samples", "4",
+            "--compile-cache", str(tmp_path / "cache")]
+    before = jax.config.jax_compilation_cache_dir
+    assert cli.main([*argv, "--out", str(tmp_path / "a")]) == 0
+    first = capsys.readouterr().out.strip().splitlines()[-1]
+    assert cli.main([*argv, "--out", str(tmp_path / "b")]) == 0
+    second = capsys.readouterr().out.strip().splitlines()[-1]
+    assert first.startswith("compile: ") and "persistent cache" in first
+    hits = int(second.split("persistent cache: ")[1].split(" hits")[0])
+    assert hits >= 1, second
+    assert jax.config.jax_compilation_cache_dir == before  # the CLI restores JAX's settings
