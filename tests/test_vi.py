@@ -210,6 +210,6 @@ def test_run_vmaps_over_seeds():
     algorithm, state, data = _run_problem()
     keys = jax.random.split(jax.random.key(1), 3)
     many = jax.jit(jax.vmap(lambda k: vi.run(k, algorithm, state, data, num_epochs=2, batch_size=8)))(keys)
+    single = jax.jit(lambda k: vi.run(k, algorithm, state, data, num_epochs=2, batch_size=8))
     for i, key in enumerate(keys):
-        one = jax.jit(lambda k: vi.run(k, algorithm, state, data, num_epochs=2, batch_size=8))(key)
-        jax.tree.map(lambda a, b: np.testing.assert_allclose(a[i], b, rtol=1e-5, atol=1e-6), many, one)
+        jax.tree.map(lambda a, b: np.testing.assert_allclose(a[i], b, rtol=1e-5, atol=1e-6), many, single(key))

@@ -69,10 +69,10 @@ def _signed_one_hidden(width=4):
 @pytest.mark.parametrize("case", ["signed_permutations", "layernorm_leaves"])
 def test_permanent_log_qg_and_exact_mi_match_enumeration(case):
     if case == "signed_permutations":
-        params, group = _signed_one_hidden(4)  # |G| = 2^4 4! = 384
+        params, group = _signed_one_hidden(3)  # |G| = 2^3 3! = 48
         scale = 0.8  # wide enough that the signed copies overlap
     else:
-        _, params, _, axes, _, _ = make_layernorm(jnp.float64, width=5)
+        _, params, _, axes, _, _ = make_layernorm(jnp.float64, width=4)
         group = WeightSymmetry.from_axes(params, axes)
         scale = 0.6
     assert orbits.uses_permanent(group, params)
