@@ -128,6 +128,7 @@ def symmetrized_elbo(
     chunk_size: Optional[int] = None,
     kl_estimator: str = "closed_form",
     temperature: Optional[float] = None,
+    score_correction: bool = False,
 ) -> tuple[Array, ObjectiveInfo]:
     """L^K = L + I^K, the ELBO of the symmetrized posterior q^G (see the module docstring).
 
@@ -136,6 +137,8 @@ def symmetrized_elbo(
       num_permutations: K (``"infonce"``, ``"importance"``); None for ``"exact"``.
       estimator: a name in ``orbits.ESTIMATORS``.
       temperature: the proposal's tempering for ``estimator="importance"`` (None: 1).
+      score_correction: ``estimator="importance"`` only: add the score-function term that makes
+        the gradient unbiased for any proposal (``orbits.importance_terms``).
       chunk_size: ``lax.map`` chunk size over group elements (None: vmap).
       kl_estimator: as in :func:`elbo`.
       Other arguments as in :func:`elbo`.
@@ -159,7 +162,7 @@ def symmetrized_elbo(
     kl = _kl(q, samples, prior_scale, kl_estimator)
     terms = orbits.mutual_information_terms(
         key_perm, q, samples, group, num_permutations=num_permutations, estimator=estimator, chunk_size=chunk_size,
-        temperature=temperature,
+        temperature=temperature, score_correction=score_correction,
     )
     mutual_information = jnp.mean(terms)
     value = expected_ll - kl + mutual_information
