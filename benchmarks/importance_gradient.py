@@ -219,6 +219,10 @@ def main(argv=None):
                     grads = estimator_gradients(q, group, key_w, args.num_samples, k, keys, temperature=temperature,
                                                 score_correction=correction)
                     row(net, f"Sinkhorn T={temperature:g}", k, variant, grads, bound, "grad E[t]")
+        for k in (8, 20):  # the variance the score correction adds at the K used for training
+            for variant, correction in (("default", False), ("score-corrected", True)):
+                grads = estimator_gradients(q, group, key_w, args.num_samples, k, keys, score_correction=correction)
+                row(net, "Sinkhorn T=1", k, variant, grads, exact, "grad I")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(dict(benchmark="importance_gradient", jax=jax.__version__, num_keys=args.num_keys,

@@ -9,6 +9,7 @@ initial parameters and step keys per seed (paired):
 * MFVI (``objective="elbo"``),
 * InfoNCE, the paper's uniform estimator, K = 20,
 * importance, K = 20, ``score_correction=True`` (gradient unbiased for the Sinkhorn proposal),
+* importance, K = 20, the default gradient (unbiased only at the exact posterior),
 * exact (``estimator="exact"``: the permanent, the gradient of L^G itself).
 
 Final L^G of every q is evaluated the same way: the expected log-likelihood by Monte Carlo with
@@ -46,6 +47,7 @@ METHODS = {
     "InfoNCE K=20": dict(objective="symmetrized_elbo", estimator="infonce", num_permutations=20),
     "importance K=20 (corrected)": dict(objective="symmetrized_elbo", estimator="importance", num_permutations=20,
                                         score_correction=True),
+    "importance K=20 (default)": dict(objective="symmetrized_elbo", estimator="importance", num_permutations=20),
     "exact (permanent)": dict(objective="symmetrized_elbo", estimator="exact"),
 }
 
