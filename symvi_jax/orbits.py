@@ -242,11 +242,11 @@ def importance_terms(
     Gradients. The draws are discrete and made from ``stop_gradient`` inputs. log r(e | w_s) of
     the identity term is differentiated (through the Sinkhorn proposal), the proposed draws'
     log r(sigma_k | w_s) are constants: this gradient is unbiased for the gradient of I when r is
-    the exact posterior, is the paper's gradient when r is uniform, and is biased (to first order
-    in the mismatch between r and the posterior) for any other r. With
-    ``score_correction`` the proposed draws' log r is differentiated too and the score-function
-    term with a leave-one-out (VIMCO) baseline is added, which makes the gradient unbiased for the
-    gradient of E[t_s] for any r, at more variance and cost. The value is the same either way.
+    the exact posterior, is the paper's gradient when r is uniform, and is biased for any other
+    r. With ``score_correction`` the proposed draws' log r is differentiated too and the
+    score-function term with a leave-one-out (VIMCO) baseline is added: the gradient is then
+    unbiased for the gradient of E[t_s] for any r, at more cost (and, at small K, more variance).
+    The value is the same either way.
 
     Args:
       rng_key: randomness for the proposals (one stream per weight sample).
