@@ -193,6 +193,7 @@ def symmetrized_elbo(
     kl_weight: float = 1.0,
     likelihood_temperature: float = 1.0,
     proposal_temperature: Optional[float] = None,
+    score_correction: bool = False,
 ) -> tuple[Array, ObjectiveInfo]:
     """L^K = L + I^K, the ELBO of the symmetrized posterior q^G (see the module docstring).
 
@@ -204,6 +205,8 @@ def symmetrized_elbo(
       proposal_temperature: the proposal's tempering for ``estimator="importance"`` (None: 1).
       temperature: deprecated alias of ``proposal_temperature`` (a ``DeprecationWarning``).
       kl_weight, likelihood_temperature: beta and T of the tempered L^K_{T,beta}, as in :func:`elbo`.
+      score_correction: ``estimator="importance"`` only: add the score-function term that makes
+        the gradient unbiased for any proposal (``orbits.importance_terms``).
       chunk_size: ``lax.map`` chunk size over group elements (None: vmap).
       kl_estimator: as in :func:`elbo`.
       Other arguments as in :func:`elbo`.
@@ -223,7 +226,7 @@ def symmetrized_elbo(
     kl = _kl(q, samples, prior_scale, kl_estimator)
     terms = orbits.mutual_information_terms(
         key_perm, q, samples, group, num_permutations=num_permutations, estimator=estimator, chunk_size=chunk_size,
-        temperature=proposal_temperature,
+        temperature=proposal_temperature, score_correction=score_correction,
     )
     mutual_information = jnp.mean(terms)
     value = expected_ll / likelihood_temperature - kl_weight * kl + kl_weight * mutual_information

@@ -29,7 +29,7 @@ estimates I:
 
       t_s = log q(w_s) - log[(1/K) (q(w_s) / (|G| r(e|w_s)) + sum_{k<K} q(h_k^{-1}.w_s) / (|G| r(h_k|w_s)))].
 
-  With uniform r this is ``"infonce"``. See :func:`importance_terms` for why E[t_s] <= I.
+  With uniform r this is ``"infonce"``. Why E[t_s] <= I, and its gradients: docs/estimators.md, section 2.
 
 Everything that runs over group elements is vmapped; pass ``chunk_size`` to run it through
 ``jax.lax.map`` in chunks of that many elements instead, which bounds memory.
@@ -233,6 +233,7 @@ def importance_terms(
     chunk_size: Optional[int] = None,
     temperature: float = 1.0,
     num_iterations: int = proposals.SINKHORN_ITERATIONS,
+    score_correction: bool = False,
 ) -> Array:
     """Per-sample terms of the importance-weighted bound on I(g; w) (``estimator="importance"``).
 
@@ -241,34 +242,18 @@ def importance_terms(
 
         t_s = log q(w_s) - [logsumexp_{k=0}^{K-1} (log q(sigma_k.w_s) - log|G| - log r(sigma_k | w_s)) - log K],
 
-    with sigma_0 = e the positive term, its r(e | w_s) evaluated exactly.
+    with sigma_0 = e the positive term, its r(e | w_s) evaluated exactly. For an equivariant r,
+    E[t_s] <= I(g; w), with equality when r is the exact posterior of g given w; K = 1 gives
+    t_s = log|G| + log r(e | w_s). Proof and gradients: docs/estimators.md, section 2.
 
-    Why E[t_s] <= I(g; w) (an importance-weighted hierarchical VI bound; Sobolev & Vetrov, 2019).
-    Under q^G(g, w) = q(g^{-1}.w)/|G| the posterior of g given w is p(g|w) = q^G(g, w)/q^G(w).
-    For any r, with g_0 ~ p(.|w) and g_1..g_{K-1} ~ r(.|w) i.i.d.,
-
-        log q^G(w) <= E[ log (1/K) sum_{k=0}^{K-1} q^G(g_k, w) / r(g_k | w) ],
-
-    because the symmetrised law (1/K) sum_j p(g_j|w) prod_{k != j} r(g_k|w) equals
-    prod_k r(g_k|w) * (1/K) sum_k p(g_k|w)/r(g_k|w), a normalised density, so the gap is a KL
-    divergence >= 0. Average over w ~ q^G (E_{q^G} log q^G = E_q log q^G, as q^G is invariant)
-    and write (g_0, w) ~ q^G(g, w) as w = g_0.w' with w' ~ q, g_0 uniform. If r is equivariant,
-    r(g_k | g_0.w') = r(g_0^{-1} g_k | w'), so h_k = g_0^{-1} g_k ~ r(. | w') i.i.d. and
-    q(g_k^{-1}.w) = q(h_k^{-1}.w'), while the k = 0 term becomes h_0 = e:
-
-        E_q[log q^G(w)] <= E_{w ~ q, h_k ~ r(.|w)}[ log (1/K) (q(w)/(|G| r(e|w)) + sum_{k>0} q(h_k^{-1}.w)/(|G| r(h_k|w))) ].
-
-    Subtracting from E_q[log q(w)] gives E[t_s] <= I. The bound holds in expectation over w
-    and the draws, not for each w. Uniform r recovers Theorem 4.3 (``"infonce"``); if r is the
-    exact posterior every weight equals q^G(w) and t_s = log q(w_s) - log q^G(w_s) exactly.
-
-    Gradients. The assignments are discrete and r is built from ``stop_gradient(q)`` and
-    ``stop_gradient(w_s)``: log r(sigma_k | w_s) enters as a constant and no score-function term
-    is formed. Gradients flow by reparameterisation through w_s and q in log q(w_s) and every
-    log q(sigma_k.w_s), weighted by the self-normalised importance weights. For uniform r this
-    is the exact gradient of the paper's bound; when r equals the posterior it is unbiased for
-    the gradient of I (the dropped terms have expectation zero); in between it is a biased,
-    low-variance estimate of the bound's gradient. The value is a valid bound in every case.
+    Gradients. The draws are discrete and made from ``stop_gradient`` inputs. log r(e | w_s) of
+    the identity term is differentiated (through the Sinkhorn proposal), the proposed draws'
+    log r(sigma_k | w_s) are constants: this gradient is unbiased for the gradient of I when r is
+    the exact posterior, is the paper's gradient when r is uniform, and is biased for any other
+    r. With ``score_correction`` the proposed draws' log r is differentiated too and the
+    score-function term with a leave-one-out (VIMCO) baseline is added: the gradient is then
+    unbiased for the gradient of E[t_s] for any r, at more cost (and, at small K, more variance).
+    The value is the same either way.
 
     Args:
       rng_key: randomness for the proposals (one stream per weight sample).
@@ -279,6 +264,7 @@ def importance_terms(
       chunk_size: ``lax.map`` chunk size over the K-1 proposed elements (None: vmap).
       temperature: the proposal's tempering T > 0 (``proposals``).
       num_iterations: Sinkhorn iterations of the proposal.
+      score_correction: add the score-function term (see above).
     """
     k = num_permutations
     q_fixed = jax.lax.stop_gradient(q)
@@ -286,24 +272,37 @@ def importance_terms(
     config = dict(temperature=temperature, num_iterations=num_iterations)
 
     def per_sample(key, w):
+        # log weights relative to q(w_s), log|G| and K: t_s = log|G| + log K - logsumexp(log_w)
+        log_w = jnp.reshape(-proposals.log_prob(q, w, group, group.identity(), **config), (1,))
+        if k == 1:
+            return group.log_order() - log_w[0]
         w_fixed = jax.lax.stop_gradient(w)
-        log_r_identity = proposals.log_prob(q_fixed, w_fixed, group, group.identity(), **config)
-        # log weights relative to q(w_s): t_s = log|G| + log K - logsumexp(relative)
-        relative = [jnp.reshape(-log_r_identity, (1,))]
-        if k > 1:
-            assignments, log_r = proposals.sample(key, q_fixed, w_fixed, group, k - 1, **config)
-            relative.append(assignment_log_ratios(q, w, assignments, group, chunk_size=chunk_size) - log_r)
-        return group.log_order() + jnp.log(k) - jax.nn.logsumexp(jnp.concatenate(relative))
+        assignments, log_r = proposals.sample(key, q_fixed, w_fixed, group, k - 1, **config)
+        if score_correction:
+            log_r = jax.vmap(lambda a: proposals.log_prob(q, w, group, a, **config))(assignments)
+        log_w = jnp.concatenate([log_w, assignment_log_ratios(q, w, assignments, group, chunk_size=chunk_size) - log_r])
+        term = group.log_order() + jnp.log(k) - jax.nn.logsumexp(log_w)
+        if not score_correction:
+            return term
+        # learning signal of draw k: phi - b_k, with b_k = phi after replacing log W_k by the mean
+        # of the other K - 1 log weights (none of which depends on sigma_k)
+        fixed = jax.lax.stop_gradient(log_w)
+        others = (jnp.sum(fixed) - fixed) / (k - 1)
+        left_out = jnp.where(jnp.eye(k, dtype=bool), others[:, None], fixed[None, :])
+        signal = jax.nn.logsumexp(fixed) - jax.nn.logsumexp(left_out, axis=1)
+        score = jnp.sum(signal[1:] * log_r)
+        return term - (score - jax.lax.stop_gradient(score))
 
     keys = jax.random.split(rng_key, num_samples)
     return jax.vmap(per_sample)(keys, samples)
 
 
-def _importance_terms(rng_key, q, samples, group, *, num_permutations, chunk_size, temperature=None):
+def _importance_terms(rng_key, q, samples, group, *, num_permutations, chunk_size, temperature=None,
+                      score_correction=False):
     if temperature is None:
         temperature = 1.0
     return importance_terms(rng_key, q, samples, group, num_permutations=num_permutations, chunk_size=chunk_size,
-                            temperature=temperature)
+                            temperature=temperature, score_correction=score_correction)
 
 
 #: Estimators of I(g; w) by name; each maps (rng_key, q, samples, group, *, num_permutations,
@@ -337,6 +336,13 @@ def _check_estimator(estimator: str, num_permutations, temperature=None) -> None
             raise ValueError(f"temperature must be a finite number > 0, got {temperature!r}")
 
 
+def _check_score_correction(estimator: str, score_correction) -> None:
+    if not isinstance(score_correction, bool):
+        raise ValueError(f"score_correction must be True or False, got {score_correction!r}")
+    if score_correction and estimator != "importance":
+        raise ValueError(f"score_correction applies to estimator='importance' only, got estimator={estimator!r}")
+
+
 def mutual_information_terms(
     rng_key: PRNGKey,
     q: MeanFieldState,
@@ -347,17 +353,22 @@ def mutual_information_terms(
     estimator: str = "infonce",
     chunk_size: Optional[int] = None,
     temperature: Optional[float] = None,
+    score_correction: bool = False,
 ) -> Array:
     """Per-sample terms t_s (see the module docstring) for weight samples with a leading axis S.
 
     The objectives call this with the same samples they use for the likelihood. ``temperature``
-    is the proposal's tempering for ``"importance"`` (None: its default, 1).
+    is the proposal's tempering for ``"importance"`` (None: its default, 1);
+    ``score_correction`` adds the score-function term to its gradient (``importance_terms``).
     """
     _check_estimator(estimator, num_permutations, temperature)
     as_symmetry(group)
+    _check_score_correction(estimator, score_correction)
     if not group.factors:  # nothing to permute: G is trivial and I(g; w) = 0
         return jnp.zeros(jax.tree.leaves(samples)[0].shape[:1])
     extra = {} if temperature is None else {"temperature": temperature}
+    if score_correction:
+        extra["score_correction"] = True
     return ESTIMATORS[estimator](
         rng_key, q, samples, group, num_permutations=num_permutations, chunk_size=chunk_size, **extra
     )
@@ -373,6 +384,7 @@ def mutual_information(
     estimator: str = "infonce",
     chunk_size: Optional[int] = None,
     temperature: Optional[float] = None,
+    score_correction: bool = False,
 ) -> Array:
     """Monte Carlo estimate of I(g; w) under q^G(g, w) = q(g^{-1}.w) / |G|, from S draws of q.
 
@@ -386,14 +398,17 @@ def mutual_information(
       estimator: one of ``ESTIMATORS``.
       chunk_size: chunk size for ``lax.map`` over group elements; None vmaps all at once.
       temperature: the proposal's tempering, ``"importance"`` only (None: 1).
+      score_correction: ``"importance"`` only: make the gradient unbiased for any proposal
+        (``importance_terms``).
     """
     if not isinstance(num_samples, (int, np.integer)) or num_samples < 1:
         raise ValueError(f"num_samples (S) must be a positive int, got {num_samples!r}")
     _check_estimator(estimator, num_permutations, temperature)
+    _check_score_correction(estimator, score_correction)
     key_sample, key_perm = jax.random.split(rng_key)
     samples = meanfield.sample(key_sample, q, num_samples)
     terms = mutual_information_terms(
         key_perm, q, samples, group, num_permutations=num_permutations, estimator=estimator, chunk_size=chunk_size,
-        temperature=temperature,
+        temperature=temperature, score_correction=score_correction,
     )
     return jnp.mean(terms)

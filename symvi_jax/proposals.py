@@ -265,7 +265,12 @@ def log_prob(
     temperature: float = 1.0,
     num_iterations: int = SINKHORN_ITERATIONS,
 ) -> Array:
-    """log r(sigma | w) of one assignment (e.g. ``group.identity()``); see :func:`sample`."""
+    """log r(sigma | w) of one assignment (e.g. ``group.identity()``); see :func:`sample`.
+
+    Differentiable in ``q`` and ``params`` for a fixed assignment (the Sinkhorn iterations are a
+    fixed-length ``fori_loop``; clipped entries have zero derivative, as in the clipped pmf), which
+    ``orbits.importance_terms`` uses for the identity term and for ``score_correction``.
+    """
     _check_one_sample(group, params)
     _check_config(temperature, num_iterations)
     if len(assignment) != len(group.factors):

@@ -141,6 +141,7 @@ def build(
     likelihood_temperature: float = 1.0,
     proposal_temperature: Optional[float] = None,
     frozen: Optional[ArrayTree] = None,
+    score_correction: bool = False,
 ) -> VIAlgorithm:
     """Bind a likelihood, an optimiser and the objective's configuration once.
 
@@ -178,6 +179,8 @@ def build(
       frozen: the leaves held out of q with ``nets.partition`` (fixed, not inferred). A group
         that moves one of them must leave it invariant; ``init`` checks that, and refuses a group
         that moves a leaf that is neither in the params nor in ``frozen``.
+      score_correction: for ``estimator="importance"``: add the score-function term that makes
+        the gradient unbiased for any proposal (``orbits.importance_terms``).
     """
     proposal_temperature = objectives._proposal_temperature(proposal_temperature, temperature)
     objectives._check_tempering(kl_weight, likelihood_temperature)
@@ -218,12 +221,13 @@ def build(
             chunk_size=chunk_size,
             proposal_temperature=proposal_temperature,
             **tempering,
+            score_correction=score_correction,
         )
     else:
         raise ValueError(f"objective must be 'elbo', 'symmetrized_elbo' or a callable, got {objective!r}")
     # Validate the configuration eagerly, before anything is traced.
     _check_config(objective, data_size, num_samples, num_permutations, estimator, prior_scale, init_scale, group,
-                  chunk_size, proposal_temperature)
+                  chunk_size, proposal_temperature, score_correction)
     for name, flag in (("skip_nonfinite", skip_nonfinite), ("track_grad_norm", track_grad_norm)):
         if not isinstance(flag, bool):
             raise ValueError(f"{name} must be True or False, got {flag!r}")
@@ -245,7 +249,7 @@ def build(
 
 
 def _check_config(objective, data_size, num_samples, num_permutations, estimator, prior_scale, init_scale, group,
-                  chunk_size, temperature=None):
+                  chunk_size, temperature=None, score_correction=False):
     objectives._check_positive_int(data_size, "data_size")
     objectives._check_positive_int(num_samples, "num_samples")
     meanfield._check_positive(prior_scale, "prior_scale")
@@ -261,6 +265,7 @@ def _check_config(objective, data_size, num_samples, num_permutations, estimator
                 "held-out leaves as frozen=); use objective='elbo' for a network without symmetry"
             )
         orbits._check_estimator(estimator, num_permutations, temperature)
+        orbits._check_score_correction(estimator, score_correction)
         if estimator == "exact" and num_permutations is not None and num_permutations != group.order():
             raise ValueError(
                 f"estimator='exact' sums over all |G| = {group.order()} elements; num_permutations must be "
@@ -269,6 +274,8 @@ def _check_config(objective, data_size, num_samples, num_permutations, estimator
         objectives.check_prior_invariant(group, prior_scale)
     elif temperature is not None:
         raise ValueError("temperature applies to objective='symmetrized_elbo' with estimator='importance' only")
+    elif score_correction is not False:
+        raise ValueError("score_correction applies to objective='symmetrized_elbo' with estimator='importance' only")
 
 
 def init(params: ArrayTree, optimizer: optax.GradientTransformation, *, init_scale: float) -> VIState:

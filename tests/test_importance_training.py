@@ -84,3 +84,17 @@ def test_temperature_is_a_deprecated_alias_of_proposal_temperature():
     with pytest.warns(DeprecationWarning, match="use proposal_temperature="):
         objectives.symmetrized_elbo(jax.random.key(0), state.params, batch, loglikelihood_fn=loglik, group=group,
                                     data_size=8, num_permutations=5, estimator="importance", temperature=2.0)
+
+
+def test_score_correction_threads_through_vi_build_and_is_checked():
+    params, group, loglik, batch = _problem()
+    algorithm = vi.build(loglik, optax.adam(1e-2), data_size=8, objective="symmetrized_elbo", group=group,
+                         num_permutations=5, estimator="importance", score_correction=True, init_scale=0.3)
+    state, info = jax.jit(algorithm.step)(jax.random.key(0), algorithm.init(params), batch)
+    assert np.isfinite(float(info.objective)) and float(info.grad_norm) > 0
+    with pytest.raises(ValueError, match="score_correction applies"):
+        vi.build(loglik, optax.adam(1e-2), data_size=8, objective="symmetrized_elbo", group=group,
+                 num_permutations=5, score_correction=True)
+    with pytest.raises(ValueError, match="score_correction applies"):
+        orbits.mutual_information(jax.random.key(0), state.params, group, num_samples=2, num_permutations=5,
+                                  score_correction=True)
