@@ -471,14 +471,15 @@ class WeightSymmetry:
             raise ValueError(f"num_elements must be a positive int, got {num_elements!r}")
         self.check_shapes(params, allow_missing=True)  # a trainable subset leaves held-out leaves in place
         rng_key = jax.random.key(0) if rng_key is None else rng_key
-        key_perturb, key_elements = jax.random.split(rng_key)
-        perturbed = _perturb(key_perturb, params)
+        rng = np.random.default_rng(np.asarray(jax.random.randint(rng_key, (), 0, 2**31 - 1)).item())
+        perturbed = _perturb(rng, params)
+        outputs = jax.jit(lambda p: apply_fn(p, inputs))
         moved_outputs = jax.jit(lambda g, p: apply_fn(self.act(g, p), inputs))
         worst = 0.0
         for index, f in enumerate(self.factors):
-            elements = _moving_elements(jax.random.fold_in(key_elements, index), self, index, num_elements)
+            elements = _moving_elements(rng, self, index, num_elements)
             for point in (params, perturbed):
-                reference = jax.tree.leaves(apply_fn(point, inputs))
+                reference = jax.tree.leaves(outputs(point))
                 scale = max([float(np.nanmax(np.abs(np.asarray(r)))) for r in reference if np.size(r)] + [0.0])
                 dtype = jnp.result_type(*reference) if reference else jnp.float32
                 eps = float(jnp.finfo(dtype).eps) if jnp.issubdtype(dtype, jnp.floating) else 0.0
@@ -556,42 +557,41 @@ def _max_deviation(a, b) -> float:
     return float(np.max(np.where(np.isnan(diff), np.inf, diff)))
 
 
-def _perturb(rng_key, params):
+def _perturb(rng: np.random.Generator, params):
     """Move every leaf off its initial value, so zero biases and unit scales hide nothing.
 
     A leaf with negative entries gets noise of half its RMS plus 0.1; a leaf of positive entries
-    (a variance, a scale) is multiplied by exp(0.3 z), so it stays positive.
+    (a variance, a scale) is multiplied by exp(0.3 z), so it stays positive. NumPy draws the noise:
+    eager JAX would compile one program per leaf shape.
     """
-    leaves, treedef = jax.tree.flatten(params)
-    keys = jax.random.split(rng_key, max(len(leaves), 1))
-    out = []
-    for k, x in zip(keys, leaves):
-        if not jnp.issubdtype(jnp.result_type(x), jnp.floating):
-            out.append(x)
-            continue
-        noise = jax.random.normal(k, jnp.shape(x), jnp.result_type(x))
-        if jnp.size(x) and bool(jnp.all(x > 0)):
-            out.append(x * jnp.exp(0.3 * noise))
-            continue
-        rms = jnp.sqrt(jnp.mean(jnp.square(x))) if jnp.size(x) else 0.0
-        out.append(x + (0.5 * rms + 0.1) * noise)
-    return jax.tree.unflatten(treedef, out)
+
+    def move(x):
+        if not jnp.issubdtype(jnp.result_type(x), jnp.floating) or not np.size(x):
+            return x
+        values = np.asarray(x)
+        noise = rng.standard_normal(values.shape)
+        if np.all(values > 0):
+            moved = values * np.exp(0.3 * noise)
+        else:
+            moved = values + (0.5 * np.sqrt(np.mean(np.square(values, dtype=np.float64))) + 0.1) * noise
+        return jnp.asarray(moved.astype(values.dtype))
+
+    return jax.tree.map(move, params)
 
 
-def _moving_elements(rng_key, group: WeightSymmetry, index: int, num: int) -> list:
+def _moving_elements(rng: np.random.Generator, group: WeightSymmetry, index: int, num: int) -> list:
     """``num`` elements that are the identity except on factor ``index``, where they move a unit."""
     f = group.factors[index]
     out = []
-    for k in jax.random.split(rng_key, num):
-        k_perm, k_sign, k_flip = jax.random.split(k, 3)
-        p = np.asarray(jax.random.permutation(k_perm, f.size)).astype(np.int32)
+    for _ in range(num):
+        p = rng.permutation(f.size).astype(np.int32)
         if f.size > 1 and np.array_equal(p, np.arange(f.size)):
             p = np.roll(p, 1)
         v = p
         if f.sign_flips:
-            flips = np.array(jax.random.bernoulli(k_sign, 0.5, (f.size,)))
-            if f.size == 1 or not flips.any():
-                flips[int(jax.random.randint(k_flip, (), 0, f.size))] = True
+            flips = rng.random(f.size) < 0.5
+            if not flips.any():
+                flips[rng.integers(f.size)] = True
             v = np.where(flips, ~p, p).astype(np.int32)
         out.append(tuple(jnp.asarray(v) if j == index else jnp.arange(h.size, dtype=jnp.int32)
                          for j, h in enumerate(group.factors)))
