@@ -20,11 +20,8 @@ import tarfile
 import tempfile
 from pathlib import Path
 
-import jax
-import jax.numpy as jnp
-import optax
-
 from _harness import interleaved_medians, markdown_table, parser, write_json
+from step_time import make_step
 
 BASE = "1b6cfb8"  # main before WeightSymmetry landed
 NETS = {"30": (30,), "1024": (1024,), "30x30": (30, 30), "256x256": (256, 256)}
@@ -42,20 +39,13 @@ def import_base(rev: str, folder: Path):
     return importlib.import_module("symvi_jax_base")
 
 
-def make_step(package, hidden, batch_size, objective, k):
-    model = package.MLP(features=(*hidden, 10))
-    params = model.init(jax.random.key(0), jnp.zeros((1, 784)))["params"]
-    loglik = package.likelihoods.categorical(lambda p, x: model.apply({"params": p}, x))
-    kwargs = {}
-    if objective == "symmetrized_elbo":
-        kwargs = dict(group=package.PermutationGroup.from_params(params), num_permutations=k)
-    algorithm = package.vi.build(loglik, optax.adam(1e-3), data_size=60_000, objective=objective, **kwargs)
-    state = algorithm.init(params)
-    batch = (jax.random.uniform(jax.random.key(1), (batch_size, 784)),
-             jax.random.randint(jax.random.key(2), (batch_size,), 0, 10))
-    step = jax.jit(algorithm.step)
-    key = jax.random.key(3)
-    return lambda: step(key, state, batch)[1].objective
+def program_stats(compiled) -> dict:
+    """What XLA compiled: HLO lines, fusions, flops and bytes accessed (timing-free evidence)."""
+    text = compiled.as_text()
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, list) else cost
+    return dict(hlo_lines=len(text.splitlines()), fusions=text.count("fusion("), flops=cost.get("flops"),
+                bytes_accessed=cost.get("bytes accessed"))
 
 
 def main():
@@ -73,13 +63,16 @@ def main():
         for net in args.nets:
             for batch_size in args.batches:
                 for k in args.ks:
-                    fns = {}
+                    fns, programs = {}, {}
                     for label, package in (("base", base), ("new", new)):
-                        fns[f"{label} standard"] = make_step(package, NETS[net], batch_size, "elbo", None)
-                        fns[f"{label} symmetrized"] = make_step(package, NETS[net], batch_size, "symmetrized_elbo", k)
+                        for kind, objective, kk in (("standard", "elbo", None), ("symmetrized", "symmetrized_elbo", k)):
+                            name = f"{label} {kind}"
+                            fns[name], programs[name] = make_step(NETS[net], batch_size, objective, kk,
+                                                                  package=package, compiled=True)
                     times = interleaved_medians(fns, repeats=args.repeats)
                     record = dict(net=net, batch=batch_size, k=k, base=args.base,
-                                  **{name.replace(" ", "_") + "_ms": 1e3 * t for name, t in times.items()})
+                                  **{name.replace(" ", "_") + "_ms": 1e3 * t for name, t in times.items()},
+                                  **{name.replace(" ", "_") + "_program": program_stats(p) for name, p in programs.items()})
                     record["standard_new_over_base"] = times["new standard"] / times["base standard"]
                     record["symmetrized_new_over_base"] = times["new symmetrized"] / times["base symmetrized"]
                     records.append(record)
@@ -89,6 +82,13 @@ def main():
     header = ["net", "batch", "K", "base std ms", "base sym ms", "new std ms", "new sym ms", "std new/base",
               "sym new/base"]
     print(markdown_table(header, rows))
+    print()
+    stats_rows = [[r["net"], r["batch"], r["k"], kind] + [f"{r[f'{label}_{kind}_program'][field]:.4g}"
+                                                           for field in ("flops", "bytes_accessed", "fusions")
+                                                           for label in ("base", "new")]
+                  for r in records for kind in ("standard", "symmetrized")]
+    print(markdown_table(["net", "batch", "K", "step", "base flops", "new flops", "base bytes", "new bytes",
+                          "base fusions", "new fusions"], stats_rows))
     write_json(args.json, {"benchmark": "regression", "rows": records, "complete": True})
 
 

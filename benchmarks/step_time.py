@@ -11,32 +11,41 @@ step of the same network and batch; the table reports medians and their ratio.
 
 from __future__ import annotations
 
+import sys
+
 import jax
 import jax.numpy as jnp
 import optax
 
 from _harness import interleaved_medians, markdown_table, parser, write_json
-from symvi_jax import MLP, PermutationGroup, likelihoods, vi
+import symvi_jax  # noqa: F401  (make_step's default package)
 
 NETS = {"30": (30,), "1024": (1024,), "4096": (4096,), "1024x1024": (1024, 1024)}
 KS = (2, 5, 20, 64, 256)
 BATCHES = (100, 1024)
 
 
-def make_step(hidden, batch_size, objective, k, estimator="infonce"):
-    model = MLP(features=(*hidden, 10))
+def make_step(hidden, batch_size, objective, k, estimator="infonce", package=None, compiled=False):
+    """A zero-argument jitted step of ``package`` (default: ``symvi_jax``; benchmarks/regression.py passes a past one).
+
+    With ``compiled=True`` also returns the compiled program (for its HLO and cost analysis).
+    """
+    package = package or sys.modules["symvi_jax"]
+    model = package.MLP(features=(*hidden, 10))
     params = model.init(jax.random.key(0), jnp.zeros((1, 784)))["params"]
-    loglik = likelihoods.categorical(lambda p, x: model.apply({"params": p}, x))
+    loglik = package.likelihoods.categorical(lambda p, x: model.apply({"params": p}, x))
     kwargs = {}
     if objective == "symmetrized_elbo":
-        kwargs = dict(group=PermutationGroup.from_params(params), num_permutations=k, estimator=estimator)
-    algorithm = vi.build(loglik, optax.adam(1e-3), data_size=60_000, objective=objective, num_samples=1, **kwargs)
+        kwargs = dict(group=package.PermutationGroup.from_params(params), num_permutations=k, estimator=estimator)
+    algorithm = package.vi.build(loglik, optax.adam(1e-3), data_size=60_000, objective=objective, num_samples=1,
+                                 **kwargs)
     state = algorithm.init(params)
     batch = (jax.random.uniform(jax.random.key(1), (batch_size, 784)),
              jax.random.randint(jax.random.key(2), (batch_size,), 0, 10))
-    step = jax.jit(algorithm.step)
     key = jax.random.key(3)
-    return lambda: step(key, state, batch)[1].objective
+    step = jax.jit(algorithm.step).lower(key, state, batch).compile()
+    run = lambda: step(key, state, batch)[1].objective  # noqa: E731
+    return (run, step) if compiled else run
 
 
 def main():
