@@ -55,6 +55,7 @@ __all__ = [
     "nearest_equivalent_distance",
     "theorem_3_1_bound",
     "report",
+    "verdict",
 ]
 
 #: Widths up to this get the exact permanent in ``layer_mutual_information`` (about 0.05 s per
@@ -244,12 +245,37 @@ def theorem_3_1_bound(in_features: int, width: int, out_features: int) -> float:
 
 
 class SymmetryReport(NamedTuple):
-    """All diagnostics of one q: see :func:`report`."""
+    """All diagnostics of one q: see :func:`report`. ``verdict`` says in words what they mean."""
 
     layers: LayerMutualInformation
     collapsed_units: tuple
     nearest_mode_distance: Array
     widths: tuple
+    verdict: str = ""
+
+
+#: A factor whose I_f / log|G_f| is at least this counts as having disjoint copies.
+DISJOINT_FRACTION = 0.99
+
+
+def verdict(layers: LayerMutualInformation, collapsed: tuple) -> str:
+    """"copies disjoint: symmetrization adds a constant" or "copies overlap: it changes training".
+
+    Disjoint means I_f / log|G_f| >= ``DISJOINT_FRACTION`` for every factor with d > 1 and no
+    collapsed unit: then I = log|G| to within 1%, L^G = L + a constant, and its gradient (and the
+    InfoNCE bound's, capped at log K) is essentially zero, so symmetrized training follows MFVI.
+    """
+    fractions = np.asarray(layers.fraction, dtype=np.float64)
+    exact = np.asarray(layers.exact, dtype=bool)
+    active = np.isfinite(fractions)
+    if not active.any():
+        return "nothing to permute: every factor has one unit"
+    shown = ", ".join(f"{f:.3f}" + ("" if e else " (lower bound)") for f, e in zip(fractions[active], exact[active]))
+    if np.all(fractions[active] >= DISJOINT_FRACTION) and not any(collapsed):
+        return (f"copies disjoint: symmetrization adds a constant (I_f / log|G_f| = {shown}); L^G = L + log|G| "
+                "to within 1%, and symmetrized training follows MFVI")
+    return (f"copies overlap: it changes training (I_f / log|G_f| = {shown}; collapsed units {tuple(collapsed)}); "
+            "L^G - L is below log|G| and depends on q")
 
 
 def report(
@@ -276,9 +302,11 @@ def report(
     """
     layers = layer_mutual_information(rng_key, q, group, num_samples=num_samples,
                                       num_permutations=num_permutations, exact_max_width=exact_max_width)
+    collapsed = collapsed_units(q, group, prior_scale, threshold=threshold)
     return SymmetryReport(
         layers=layers,
-        collapsed_units=collapsed_units(q, group, prior_scale, threshold=threshold),
+        collapsed_units=collapsed,
         nearest_mode_distance=nearest_equivalent_distance(q.loc, group),
         widths=group.sizes,
+        verdict=verdict(layers, collapsed),
     )

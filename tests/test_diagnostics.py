@@ -114,3 +114,19 @@ def test_report_and_bad_inputs():
         diagnostics.collapsed_units(q, group, 1.0, threshold=0.0)
     with pytest.raises(ValueError, match="group"):
         diagnostics.unit_kl(q, "group")
+
+
+def test_report_gives_a_verdict_in_words():
+    import jax
+    import jax.numpy as jnp
+
+    from symvi_jax import MLP, PermutationGroup, diagnostics, meanfield
+
+    params = MLP(features=(4, 2)).init(jax.random.key(0), jnp.zeros((1, 3)))["params"]
+    group = PermutationGroup.from_params(params)
+    narrow = diagnostics.report(jax.random.key(1), meanfield.init(params, init_scale=1e-3), group, num_samples=4)
+    assert narrow.verdict.startswith("copies disjoint: symmetrization adds a constant")
+    # a q at the prior with a zero mean: every unit is interchangeable, the copies coincide
+    zero = jax.tree.map(jnp.zeros_like, params)
+    wide = diagnostics.report(jax.random.key(1), meanfield.init(zero, init_scale=1.0), group, num_samples=4)
+    assert wide.verdict.startswith("copies overlap: it changes training")

@@ -198,3 +198,23 @@ def test_fit_checks_the_groups_invariance_before_the_first_step(tmp_path):
         vi.fit(jax.random.key(0), algorithm, algorithm.init(params), (x, y), num_epochs=1, batch_size=5,
                progress_bar=False, checkpoint_dir=str(tmp_path / "ckpt"))
     assert not (tmp_path / "ckpt").exists() or not any((tmp_path / "ckpt").iterdir())
+
+
+@pytest.mark.parametrize("inferred", [False, True])
+def test_per_leaf_prior_scale_tree_trains_under_the_symmetrized_objective(inferred):
+    """A per-layer scalar prior tree used to crash is_invariant (axis 1 out of bounds on a scalar)."""
+    from symvi_jax import MLP, infer_symmetry
+    model = MLP(features=(4, 3))
+    params = model.init(jax.random.key(0), jnp.zeros((1, 2)))["params"]
+    apply_fn = lambda p, x: model.apply({"params": p}, x)  # noqa: E731
+    x = jax.random.normal(jax.random.key(1), (8, 2))
+    group = infer_symmetry(apply_fn, params, x) if inferred else PermutationGroup.from_params(params)
+    prior = {"Dense_0": {"kernel": 1.0, "bias": 0.5}, "Dense_1": {"kernel": 0.3, "bias": 2.0}}
+    kwargs = dict(data_size=8, objective="symmetrized_elbo", group=group, num_permutations=3)
+    algorithm = vi.build(likelihoods.categorical(apply_fn), optax.adam(1e-2), prior_scale=prior, **kwargs)
+    _, info = jax.jit(algorithm.step)(jax.random.key(0), algorithm.init(params), (x, jnp.zeros(8, jnp.int32)))
+    assert np.isfinite(float(info.objective))
+    # a full-array prior leaf that gives the hidden units different scales is not invariant: refused
+    uneven = {**prior, "Dense_0": {"kernel": jnp.ones((2, 4)).at[:, 0].set(3.0), "bias": 0.5}}
+    with pytest.raises(ValueError, match="prior_scale is not invariant under the group"):
+        vi.build(likelihoods.categorical(apply_fn), optax.adam(1e-2), prior_scale=uneven, **kwargs)
