@@ -34,6 +34,7 @@ Three diagnostics of a mean-field q over an MLP with hidden widths d_1..d_{L-1}:
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import NamedTuple
 
@@ -119,6 +120,21 @@ def _layer_terms_importance(rng_key, q, w, group, layer, num_permutations, tempe
     return math.lgamma(d + 1) + math.log(num_permutations) - jax.nn.logsumexp(jnp.concatenate(relative))
 
 
+@functools.partial(jax.jit, static_argnames=("group", "layer"))
+def _exact_layer_terms(q, samples, group, layer):
+    """One exact term per sample; compiled once per (group, layer, shapes), not once per call."""
+    one = lambda w: _layer_terms_exact(q, w, group, layer)  # noqa: E731
+    # the DP holds 2^d values per sample: vmap small layers, map wide ones one by one
+    return jax.vmap(one)(samples) if group.factors[layer].size <= 12 else jax.lax.map(one, samples)
+
+
+@functools.partial(jax.jit, static_argnames=("group", "layer", "num_permutations", "temperature", "num_iterations"))
+def _importance_layer_terms(q, samples, key, group, layer, num_permutations, temperature, num_iterations):
+    keys = jax.random.split(key, jax.tree.leaves(samples)[0].shape[0])
+    return jax.vmap(lambda k, w: _layer_terms_importance(
+        k, q, w, group, layer, num_permutations, temperature, num_iterations))(keys, samples)
+
+
 def layer_mutual_information(
     rng_key: PRNGKey,
     q: MeanFieldState,
@@ -141,8 +157,8 @@ def layer_mutual_information(
       temperature, num_iterations: the proposal's tempering and Sinkhorn iterations.
       exact_max_width: widest layer computed exactly (at most ``permanent.MAX_WIDTH``).
 
-    Not jit-compatible as a whole (it dispatches per layer in Python); each layer's computation is
-    jitted internally.
+    Not jit-compatible as a whole (it dispatches per factor in Python); each factor's terms are
+    one jitted program, compiled once per (group, factor, shapes) and reused across calls.
     """
     _check_group(group)
     _check_positive_int(num_samples, "num_samples")
@@ -154,21 +170,13 @@ def layer_mutual_information(
     samples = meanfield.sample(key_sample, q, num_samples)
     values, errors, exact = [], [], []
     for layer, d in enumerate(group.sizes):
-        if d <= exact_max_width:
-            def fn(q, samples, key, layer=layer, d=d):
-                one = lambda w: _layer_terms_exact(q, w, group, layer)  # noqa: E731
-                # the DP holds 2^d values per sample: vmap small layers, map wide ones one by one
-                return jax.vmap(one)(samples) if d <= 12 else jax.lax.map(one, samples)
-            fn = jax.jit(fn)
-            is_exact = True
+        is_exact = d <= exact_max_width
+        key = jax.random.fold_in(key_perm, layer)
+        if is_exact:
+            terms = _exact_layer_terms(q, samples, group, layer)
         else:
-            def fn(q, samples, key, layer=layer):
-                keys = jax.random.split(key, num_samples)
-                return jax.vmap(lambda k, w: _layer_terms_importance(
-                    k, q, w, group, layer, num_permutations, temperature, num_iterations))(keys, samples)
-            fn = jax.jit(fn)
-            is_exact = False
-        terms = fn(q, samples, jax.random.fold_in(key_perm, layer))
+            terms = _importance_layer_terms(q, samples, key, group, layer, num_permutations, temperature,
+                                            num_iterations)
         values.append(jnp.mean(terms))
         errors.append(jnp.std(terms) / math.sqrt(num_samples))
         exact.append(is_exact)
