@@ -122,13 +122,22 @@ def _algorithm(config: Config, method: str, apply_fn, group, size: int):
                     num_permutations=config.num_permutations, estimator=estimator, **common)
 
 
-def _evaluate(config: Config, apply_fn, q, key, x_test, y_test) -> dict:
-    probs = predict.predictive_probs(key, q, apply_fn, x_test, num_samples=config.num_eval_samples,
-                                     chunk_size=min(config.num_eval_samples, 10)
-                                     if config.num_eval_samples % min(config.num_eval_samples, 10) == 0 else None)
+def _evaluator(config: Config, apply_fn, x_test, y_test):
+    """One jitted program: q, key -> accuracy, NLL and ECE of the predictive on the test set."""
+    chunk = next(c for c in range(min(config.num_eval_samples, 10), 0, -1) if config.num_eval_samples % c == 0)
     labels = jnp.asarray(y_test)
-    return dict(test_accuracy=float(predict.accuracy(probs, labels)), test_nll=float(predict.nll(probs, labels)),
-                test_ece=float(predict.ece(probs, labels)))
+
+    @jax.jit
+    def metrics(q, key):
+        probs = predict.predictive_probs(key, q, apply_fn, jnp.asarray(x_test), num_samples=config.num_eval_samples,
+                                         chunk_size=chunk)
+        return predict.accuracy(probs, labels), predict.nll(probs, labels), predict.ece(probs, labels)
+
+    def evaluate(q, key) -> dict:
+        accuracy, nll, ece = metrics(q, key)
+        return dict(test_accuracy=float(accuracy), test_nll=float(nll), test_ece=float(ece))
+
+    return evaluate
 
 
 def run(config: Config) -> Result:
@@ -140,6 +149,7 @@ def run(config: Config) -> Result:
     group, report = infer_symmetry(apply_fn, params, jnp.asarray(x_train[:8]), return_report=True)
     train = (jnp.asarray(x_train), jnp.asarray(y_train))
     seed_keys = jax.random.split(jax.random.key(config.seed + 1), config.num_seeds)
+    evaluate = _evaluator(config, apply_fn, x_test, y_test)
     rows, timings = [], {}
     for method in config.methods:
         algorithm = _algorithm(config, method, apply_fn, group, len(y_train))
@@ -162,7 +172,7 @@ def run(config: Config) -> Result:
                 mi_per_factor=[float(v) for v in layers.mutual_information],
                 mi_fraction_per_factor=[float(v) for v in layers.fraction],
                 collapsed_channels=list(collapsed),
-                **_evaluate(config, apply_fn, q, key_eval, x_test, y_test),
+                **evaluate(q, key_eval),
             ))
     total = time.perf_counter() - start
     return Result(rows=rows, markdown=_markdown(config, group, report, rows, timings, total))
