@@ -40,3 +40,28 @@ def test_command_smoke_run(tmp_path, capsys):
         assert all(0.0 <= f <= 1.0 + 1e-4 for f in r["mi_fraction_per_factor"])
         assert 0.0 <= r["test_accuracy"] <= 1.0
     assert "Paired differences against MFVI" in (out / "results.md").read_text()
+
+
+def test_training_the_cnn_with_its_inferred_group_runs_all_three_estimators():
+    import optax
+
+    from symvi_jax import likelihoods, vi
+
+    model = cnn.CNN((2, 3))
+    x = jax.random.normal(jax.random.key(0), (4, 28, 28, 1))
+    y = jnp.asarray([0, 1, 2, 3], jnp.int32)
+    params = model.init(jax.random.key(1), x)["params"]
+    apply_fn = lambda p, inputs: model.apply({"params": p}, inputs)  # noqa: E731
+    group = infer_symmetry(apply_fn, params, x)
+    assert group.order() == 2 * 6  # small enough to enumerate for the exact estimator
+    for estimator, k in (("infonce", 4), ("exact", None), ("importance", 4)):
+        algorithm = vi.build(likelihoods.categorical(apply_fn), optax.adam(1e-2), data_size=4,
+                             objective="symmetrized_elbo", group=group, num_permutations=k, estimator=estimator,
+                             init_scale=0.5)
+        state, info = jax.jit(algorithm.step)(jax.random.key(2), algorithm.init(params), (x, y))
+        assert np.isfinite(float(info.objective)), estimator
+        # InfoNCE and exact never exceed log|G|; the importance bound holds in expectation only, and
+        # one draw is capped at log|G| + log K + log r(e|w) <= log|G| + log K
+        cap = group.log_order() + (np.log(k) if estimator == "importance" else 0.0)
+        assert 0.0 <= float(info.mutual_information) <= cap + 1e-4, estimator
+        assert float(info.grad_norm) > 0

@@ -148,7 +148,9 @@ def test_symmetrized_training_runs_with_a_general_group(name, estimator):
     for i in range(2):
         state, info = step(jax.random.key(i), state, (x, y))
     assert np.isfinite(float(info.objective))
-    assert 0.0 <= float(info.mutual_information) <= group.log_order() + 1e-4
+    # the importance bound holds in expectation; one draw is capped at log|G| + log K (test_experiments_cnn)
+    cap = group.log_order() + (np.log(k) if estimator == "importance" else 0.0)
+    assert 0.0 <= float(info.mutual_information) <= cap + 1e-4
 
 
 def test_exact_estimator_with_sign_flips_trains():
