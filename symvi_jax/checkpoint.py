@@ -107,7 +107,9 @@ class Checkpointer:
     """
 
     def __init__(self, directory, *, max_to_keep: int = 2, read_only: bool = False):
-        import orbax.checkpoint as ocp
+        from symvi_jax import _optional
+
+        ocp = _optional.require("orbax.checkpoint", extra="checkpoint", feature="symvi_jax.checkpoint")
 
         if not isinstance(max_to_keep, (int, np.integer)) or isinstance(max_to_keep, bool) or max_to_keep < 1:
             raise ValueError(f"max_to_keep must be a positive int, got {max_to_keep!r}")

@@ -26,13 +26,15 @@ from __future__ import annotations
 
 from typing import Callable, NamedTuple
 
-import blackjax
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from symvi_jax import _optional
 from symvi_jax.symmetry import PermutationGroup
 from symvi_jax.types import Array, ArrayTree, PRNGKey
+
+blackjax = _optional.require("blackjax", extra="hmc", feature="symvi_jax.hmc")
 
 __all__ = ["HMCInfo", "sample", "symmetrize"]
 

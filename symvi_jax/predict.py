@@ -182,10 +182,9 @@ def reliability_diagram(probs: Array, labels: Array, *, num_bins: int = 15, ax=N
     """
     bins = jax.device_get(reliability_bins(probs, labels, num_bins=num_bins))
     error = float(ece(probs, labels, num_bins=num_bins))
-    try:
-        from matplotlib.figure import Figure
-    except ImportError as err:  # pragma: no cover - matplotlib is a dependency of the experiments
-        raise ImportError("reliability_diagram needs matplotlib (pip install matplotlib)") from err
+    from symvi_jax import _optional
+
+    Figure = _optional.require("matplotlib.figure", extra="plots", feature="reliability_diagram").Figure
     if ax is None:
         fig = Figure(figsize=(4, 4))
         ax = fig.add_subplot()

@@ -38,7 +38,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from symvi_jax import meanfield, objectives, orbits
+from symvi_jax import _optional, meanfield, objectives, orbits
 from symvi_jax.meanfield import MeanFieldState
 from symvi_jax.symmetry import PermutationGroup, WeightSymmetry, as_symmetry, check_held_out
 from symvi_jax.types import Array, ArrayTree, PRNGKey
@@ -383,7 +383,7 @@ def fit(
     *,
     num_epochs: int,
     batch_size: int,
-    progress_bar: bool = True,
+    progress_bar: Optional[bool] = None,
     checkpoint_dir: Optional[Union[str, os.PathLike]] = None,
     checkpoint_every: Optional[int] = None,
     resume: bool = False,
@@ -432,7 +432,8 @@ def fit(
         used (as the template the checkpoint is read into).
       data: ``(inputs, targets)`` arrays with the same leading size N (numeric, finite).
       num_epochs, batch_size: positive ints, ``batch_size <= N``.
-      progress_bar: show a tqdm bar over epochs.
+      progress_bar: show a tqdm bar over epochs. None (the default): show one if tqdm is
+        installed (the ``progress`` extra); True requires it.
       checkpoint_dir: folder for the checkpoints of this run (one run per folder).
       checkpoint_every: save every this many steps (a positive int; needs ``checkpoint_dir``).
       resume: continue from the latest checkpoint in ``checkpoint_dir`` if there is one. If it
@@ -456,8 +457,10 @@ def fit(
     """
     objectives._check_positive_int(num_epochs, "num_epochs")
     objectives._check_positive_int(batch_size, "batch_size")
-    if not isinstance(progress_bar, bool):
-        raise ValueError(f"progress_bar must be True or False, got {progress_bar!r}")
+    if progress_bar is not None and not isinstance(progress_bar, bool):
+        raise ValueError(f"progress_bar must be True, False or None, got {progress_bar!r}")
+    if progress_bar is None:
+        progress_bar = _optional.available("tqdm")
     if not isinstance(algorithm, VIAlgorithm):
         raise ValueError(f"algorithm must be a VIAlgorithm from vi.build, got {type(algorithm).__name__}")
     _check_key(rng_key)
@@ -527,8 +530,7 @@ def fit(
 
         bar = None
         if progress_bar:
-            from tqdm.auto import tqdm
-
+            tqdm = _optional.require("tqdm.auto", extra="progress", feature="vi.fit(progress_bar=True)").tqdm
             bar = tqdm(total=num_epochs, initial=done // num_batches, desc="fit", unit="epoch")
         try:
             while done < total_steps:

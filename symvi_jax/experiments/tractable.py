@@ -35,7 +35,6 @@ import dataclasses
 import math
 from typing import Callable, NamedTuple
 
-import blackjax
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -43,7 +42,7 @@ import optax
 import yaml
 from jax.flatten_util import ravel_pytree
 
-from symvi_jax import MLP, PermutationGroup, hmc, likelihoods, meanfield, nets, objectives, orbits, posterior_grid, predict, vi
+from symvi_jax import MLP, PermutationGroup, likelihoods, meanfield, nets, objectives, orbits, posterior_grid, predict, vi
 from symvi_jax.experiments.base import Result
 from symvi_jax.meanfield import MeanFieldState
 
@@ -365,6 +364,8 @@ def _reference(config: Config, fits: dict) -> dict:
 
 def _hmc_reference(config: Config, reference: dict) -> dict:
     """NUTS on the posterior of ``figure_seed`` for every alpha, symmetrized, and TV against the grid."""
+    from symvi_jax import hmc  # here, not at the top: demo imports this module for problem() only
+
     prob = problem(config.noise_precision)
     keys = _seed_keys(config)[config.figure_seed]
 
@@ -406,6 +407,7 @@ def _hmc_reference(config: Config, reference: dict) -> dict:
     out = {"raw": raw, "symmetric": symmetric, "tv": np.asarray(tv).tolist(), "tv_floor": np.asarray(floor).tolist(),
            "rhat": [], "ess": [], "both_modes_chains": [], "acceptance": np.asarray(info.acceptance_rate),
            "divergent": np.asarray(info.num_divergent)}
+    import blackjax
     for i in range(len(config.alphas)):
         # Convergence on G-invariant statistics (the sorted weights), per chain.
         sorted_w = np.sort(raw[i], axis=-1)
