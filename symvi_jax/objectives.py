@@ -35,6 +35,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from symvi_jax import _checks
 from symvi_jax import meanfield, orbits
 from symvi_jax.meanfield import MeanFieldState
 from symvi_jax.symmetry import WeightSymmetry, as_symmetry
@@ -59,11 +60,6 @@ class ObjectiveInfo(NamedTuple):
     kl: Array
     mutual_information: Array
     log_group_order: Array
-
-
-def _check_positive_int(value, name: str) -> None:
-    if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
 
 
 def check_prior_invariant(group: WeightSymmetry, prior_scale) -> None:
@@ -164,8 +160,8 @@ def elbo(
       likelihood_temperature: T in (0, inf); the likelihood term is divided by T (1: the ELBO;
         T < 1: a cold posterior).
     """
-    _check_positive_int(data_size, "data_size")
-    _check_positive_int(num_samples, "num_samples")
+    _checks.positive_int(data_size, "data_size")
+    _checks.positive_int(num_samples, "num_samples")
     _check_tempering(kl_weight, likelihood_temperature)
     samples = meanfield.sample(rng_key, q, num_samples)
     expected_ll = _expected_loglikelihood(loglikelihood_fn, samples, batch, data_size)
@@ -215,8 +211,8 @@ def symmetrized_elbo(
       ValueError: if the prior is not G-invariant (then KL(q^G || p) != KL(q || p) - I and the
         bound does not hold), or on a bad K, S or estimator.
     """
-    _check_positive_int(data_size, "data_size")
-    _check_positive_int(num_samples, "num_samples")
+    _checks.positive_int(data_size, "data_size")
+    _checks.positive_int(num_samples, "num_samples")
     _check_tempering(kl_weight, likelihood_temperature)
     proposal_temperature = _proposal_temperature(proposal_temperature, temperature)
     check_prior_invariant(as_symmetry(group), prior_scale)

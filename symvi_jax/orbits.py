@@ -43,6 +43,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from symvi_jax import _checks
 from symvi_jax import meanfield, permanent, proposals, units
 from symvi_jax.meanfield import MeanFieldState
 from symvi_jax.symmetry import WeightSymmetry, _decode, _moved_axis, _split_wrapper, as_symmetry, leaf_paths
@@ -65,7 +66,7 @@ def map_over(fn: Callable, xs, chunk_size: Optional[int] = None):
     """``vmap(fn)(xs)``, or ``lax.map(fn, xs, batch_size=chunk_size)`` when a chunk size is given."""
     if chunk_size is None:
         return jax.vmap(fn)(xs)
-    if not isinstance(chunk_size, (int, np.integer)) or isinstance(chunk_size, bool) or chunk_size < 1:
+    if not _checks.is_int(chunk_size) or chunk_size < 1:
         raise ValueError(f"chunk_size must be None or a positive int, got {chunk_size!r}")
     return jax.lax.map(fn, xs, batch_size=int(chunk_size))
 
@@ -321,10 +322,8 @@ TEMPERED_ESTIMATORS = ("importance",)
 def _check_estimator(estimator: str, num_permutations, temperature=None) -> None:
     if estimator not in ESTIMATORS:
         raise ValueError(f"estimator must be one of {sorted(ESTIMATORS)}, got {estimator!r}")
-    if estimator != "exact" and (
-        not isinstance(num_permutations, (int, np.integer)) or isinstance(num_permutations, bool) or num_permutations < 1
-    ):
-        raise ValueError(f"num_permutations (K) must be a positive int, got {num_permutations!r}")
+    if estimator != "exact":
+        _checks.positive_int(num_permutations, "num_permutations (K)")
     if temperature is not None:
         if estimator not in TEMPERED_ESTIMATORS:
             raise ValueError(
@@ -401,8 +400,7 @@ def mutual_information(
       score_correction: ``"importance"`` only: make the gradient unbiased for any proposal
         (``importance_terms``).
     """
-    if not isinstance(num_samples, (int, np.integer)) or num_samples < 1:
-        raise ValueError(f"num_samples (S) must be a positive int, got {num_samples!r}")
+    _checks.positive_int(num_samples, "num_samples (S)")
     _check_estimator(estimator, num_permutations, temperature)
     _check_score_correction(estimator, score_correction)
     key_sample, key_perm = jax.random.split(rng_key)

@@ -35,6 +35,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from symvi_jax import _checks
 from symvi_jax import meanfield
 from symvi_jax.meanfield import MeanFieldState
 from symvi_jax.types import Array, ArrayTree, PRNGKey
@@ -74,8 +75,7 @@ def predictive_mean(
 
     ``fn`` may return an array or a pytree of arrays (each leaf is averaged).
     """
-    if not isinstance(num_samples, (int, np.integer)) or num_samples < 1:
-        raise ValueError(f"num_samples must be a positive int, got {num_samples!r}")
+    _checks.positive_int(num_samples, "num_samples")
     chunk = num_samples if chunk_size is None else int(chunk_size)
     if chunk < 1 or num_samples % chunk:
         raise ValueError(f"chunk_size must be a positive divisor of num_samples ({num_samples}), got {chunk_size!r}")
@@ -157,8 +157,7 @@ class ReliabilityBins(NamedTuple):
 
 def reliability_bins(probs: Array, labels: Array, *, num_bins: int = 15) -> ReliabilityBins:
     """Bin examples by their confidence max_c p(c | x) into ``num_bins`` equal-width bins."""
-    if not isinstance(num_bins, (int, np.integer)) or isinstance(num_bins, bool) or num_bins < 1:
-        raise ValueError(f"num_bins must be a positive int, got {num_bins!r}")
+    _checks.positive_int(num_bins, "num_bins")
     _check_probs_labels(probs, labels)
     confidence = jnp.max(probs, axis=-1)
     correct = (jnp.argmax(probs, axis=-1) == labels).astype(probs.dtype)

@@ -28,7 +28,6 @@ Example:
 from __future__ import annotations
 
 import functools
-import hashlib
 import json
 import os
 from typing import Any, Callable, Mapping, NamedTuple, Optional, Protocol, Union
@@ -38,7 +37,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from symvi_jax import _optional, meanfield, objectives, orbits
+from symvi_jax import _checks, _optional, meanfield, objectives, orbits
 from symvi_jax.meanfield import MeanFieldState
 from symvi_jax.symmetry import PermutationGroup, WeightSymmetry, as_symmetry, check_held_out
 from symvi_jax.types import Array, ArrayTree, PRNGKey
@@ -250,12 +249,12 @@ def build(
 
 def _check_config(objective, data_size, num_samples, num_permutations, estimator, prior_scale, init_scale, group,
                   chunk_size, temperature=None, score_correction=False):
-    objectives._check_positive_int(data_size, "data_size")
-    objectives._check_positive_int(num_samples, "num_samples")
-    meanfield._check_positive(prior_scale, "prior_scale")
-    meanfield._check_positive(init_scale, "init_scale")
+    _checks.positive_int(data_size, "data_size")
+    _checks.positive_int(num_samples, "num_samples")
+    _checks.positive(prior_scale, "prior_scale")
+    _checks.positive(init_scale, "init_scale")
     if chunk_size is not None:
-        objectives._check_positive_int(chunk_size, "chunk_size")
+        _checks.positive_int(chunk_size, "chunk_size")
     if objective == "symmetrized_elbo":
         as_symmetry(group)
         if group.order() == 1:
@@ -353,8 +352,8 @@ def run(
     Returns:
       The final state and the per-step ``VIInfo`` stacked to shape ``(num_epochs, N // batch_size)``.
     """
-    objectives._check_positive_int(num_epochs, "num_epochs")
-    objectives._check_positive_int(batch_size, "batch_size")
+    _checks.positive_int(num_epochs, "num_epochs")
+    _checks.positive_int(batch_size, "batch_size")
     size = jax.tree.leaves(data)[0].shape[0]
     if batch_size > size:
         raise ValueError(f"batch_size ({batch_size}) must not exceed the number of examples ({size})")
@@ -455,16 +454,16 @@ def fit(
         likelihood rejects), or a checkpoint that belongs to another run (a different key, data,
         batch size or ``checkpoint_metadata``, or one already past ``num_epochs``).
     """
-    objectives._check_positive_int(num_epochs, "num_epochs")
-    objectives._check_positive_int(batch_size, "batch_size")
+    _checks.positive_int(num_epochs, "num_epochs")
+    _checks.positive_int(batch_size, "batch_size")
     if progress_bar is not None and not isinstance(progress_bar, bool):
         raise ValueError(f"progress_bar must be True, False or None, got {progress_bar!r}")
     if progress_bar is None:
         progress_bar = _optional.available("tqdm")
     if not isinstance(algorithm, VIAlgorithm):
         raise ValueError(f"algorithm must be a VIAlgorithm from vi.build, got {type(algorithm).__name__}")
-    _check_key(rng_key)
-    size = _check_data(data)
+    _checks.rng_key(rng_key)
+    size = _checks.finite_data(data)
     if batch_size > size:
         raise ValueError(f"batch_size ({batch_size}) must not exceed the number of examples ({size})")
     num_batches = size // batch_size
@@ -478,7 +477,7 @@ def fit(
     else:
         if checkpoint_every is None:
             checkpoint_every = num_batches
-        objectives._check_positive_int(checkpoint_every, "checkpoint_every")
+        _checks.positive_int(checkpoint_every, "checkpoint_every")
         if not isinstance(resume, bool):
             raise ValueError(f"resume must be True or False, got {resume!r}")
         if checkpoint_metadata is not None and not isinstance(checkpoint_metadata, Mapping):
@@ -514,7 +513,7 @@ def fit(
                 "num_examples": size,
                 "steps_per_epoch": num_batches,
                 "total_steps": total_steps,
-                "data_sha256": _data_digest(data),
+                "data_sha256": _checks.data_digest(data),
                 "epoch_keys": _EPOCH_KEYS,
             }
             config = checkpoint_metadata
@@ -570,9 +569,6 @@ def fit(
     return state, jax.tree.map(jnp.asarray, history)
 
 
-_all_finite_jit = jax.jit(lambda x: _all_finite(x))
-
-
 #: How epoch keys derive from fit's rng_key; recorded in checkpoints, since runs saved with
 #: another rule (``split(rng_key, num_epochs)[e]`` before extending runs was possible) differ.
 _EPOCH_KEYS = "fold_in(rng_key, epoch)"
@@ -611,40 +607,6 @@ def _run_steps(algorithm, batch_size, state, rng_key, data, infos, start, stop, 
     return state, bad_step, infos
 
 
-def _check_key(rng_key) -> None:
-    dtype = getattr(rng_key, "dtype", None)
-    if dtype is not None and jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key) and jnp.ndim(rng_key) == 0:
-        return
-    if dtype == jnp.uint32 and jnp.shape(rng_key) == (2,):
-        return
-    raise ValueError(
-        f"rng_key must be a single key from jax.random.key (or a legacy uint32[2] key), got "
-        f"{type(rng_key).__name__} with shape {jnp.shape(rng_key) if dtype is not None else '?'} and dtype {dtype}"
-    )
-
-
-def _check_data(data) -> int:
-    """Validate ``data`` at the boundary; returns the number of examples N."""
-    leaves = jax.tree.leaves(data)
-    if not leaves:
-        raise ValueError("data must hold (inputs, targets) arrays")
-    for x in leaves:
-        dtype = np.result_type(x) if not hasattr(x, "dtype") else x.dtype
-        if jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key) or np.dtype(dtype).kind not in "biuf":
-            raise ValueError(f"data arrays must be numeric (bool, int or float), got dtype {dtype}")
-        if np.ndim(x) < 1:
-            raise ValueError(f"data arrays need a leading example axis, got a scalar of shape {np.shape(x)}")
-    sizes = [int(np.shape(x)[0]) for x in leaves]
-    if any(n != sizes[0] for n in sizes):
-        raise ValueError(f"data arrays disagree on the number of examples: {sizes}")
-    if sizes[0] == 0:
-        raise ValueError("data is empty")
-    for x in leaves:
-        if np.dtype(x.dtype if hasattr(x, "dtype") else np.result_type(x)).kind == "f" and not bool(_all_finite_jit(x)):
-            raise ValueError(f"data holds NaN or inf values (an array of shape {np.shape(x)}); clean it first")
-    return sizes[0]
-
-
 def _check_data_size(data_size: Optional[int], size: int, batch_size: int) -> None:
     """Refuse an algorithm whose likelihood scale N / M was built for another number of examples."""
     if data_size is None or data_size == size:
@@ -680,16 +642,6 @@ def _check_group_invariance(algorithm: VIAlgorithm, state, data) -> None:
         algorithm.group.check(apply_fn, params, inputs)
     except ValueError as err:
         raise ValueError(f"group: {err} (checked by vi.fit before the first step)") from None
-
-
-def _data_digest(data) -> str:
-    """sha256 over the shapes, dtypes and bytes of every data array (to refuse resuming on other data)."""
-    digest = hashlib.sha256()
-    for x in jax.tree.leaves(data):
-        x = np.ascontiguousarray(jax.device_get(x))
-        digest.update(f"{x.shape}{x.dtype}".encode())
-        digest.update(x.tobytes())
-    return digest.hexdigest()
 
 
 def _jsonable(value, name):
@@ -738,8 +690,8 @@ def _resume(checkpointer, state, history, rng_key, fit_record, config):
     saved_epochs = saved_fit.get("num_epochs", fit_record["num_epochs"])
     saved_history = jax.tree.map(lambda h: np.zeros((saved_epochs,) + h.shape[1:], h.dtype), history)
     restored = checkpointer.restore(state, history=saved_history, step=step)
-    saved_key, _ = _key_data(restored.rng_key)
-    given_key, _ = _key_data(rng_key)
+    saved_key, _ = _checks.key_to_data(restored.rng_key)
+    given_key, _ = _checks.key_to_data(rng_key)
     if not np.array_equal(saved_key, given_key):
         raise ValueError(
             f"cannot resume from {checkpointer.directory}: rng_key differs from the checkpointed run's key"
@@ -750,8 +702,3 @@ def _resume(checkpointer, state, history, rng_key, fit_record, config):
         buffer[:kept] = np.asarray(values)[:kept]
     return restored.state, history, int(restored.step)
 
-
-def _key_data(rng_key):
-    from symvi_jax import checkpoint
-
-    return checkpoint._key_to_data(rng_key)
