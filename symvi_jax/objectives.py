@@ -182,7 +182,7 @@ def symmetrized_elbo(
     prior_scale: Union[float, ArrayTree] = 1.0,
     num_samples: int = 1,
     num_permutations: Optional[int] = None,
-    estimator: str = "infonce",
+    estimator: Union[str, orbits.Estimator] = "infonce",
     chunk_size: Optional[int] = None,
     kl_estimator: str = "closed_form",
     temperature: Optional[float] = None,
@@ -196,8 +196,10 @@ def symmetrized_elbo(
     Args:
       group: the network's ``WeightSymmetry`` (e.g. ``infer_symmetry`` or
         ``PermutationGroup.from_params``); the prior must be invariant under it.
-      num_permutations: K (``"infonce"``, ``"importance"``); None for ``"exact"``.
-      estimator: a name in ``orbits.ESTIMATORS``.
+      estimator: the estimator of I(g; w), a value (``orbits.InfoNCE(K)``, ``orbits.Exact()``,
+        ``orbits.Importance(K, ...)``) or a name in ``orbits.ESTIMATORS`` with the conveniences
+        below (``orbits.as_estimator``).
+      num_permutations: K for a named ``"infonce"`` or ``"importance"``; None for ``"exact"``.
       proposal_temperature: the proposal's tempering for ``estimator="importance"`` (None: 1).
       temperature: deprecated alias of ``proposal_temperature`` (a ``DeprecationWarning``).
       kl_weight, likelihood_temperature: beta and T of the tempered L^K_{T,beta}, as in :func:`elbo`.
@@ -216,14 +218,13 @@ def symmetrized_elbo(
     _check_tempering(kl_weight, likelihood_temperature)
     proposal_temperature = _proposal_temperature(proposal_temperature, temperature)
     check_prior_invariant(as_symmetry(group), prior_scale)
+    estimator = orbits.as_estimator(estimator, num_permutations=num_permutations, temperature=proposal_temperature,
+                                    score_correction=score_correction, group=group)
     key_sample, key_perm = jax.random.split(rng_key)
     samples = meanfield.sample(key_sample, q, num_samples)
     expected_ll = _expected_loglikelihood(loglikelihood_fn, samples, batch, data_size)
     kl = _kl(q, samples, prior_scale, kl_estimator)
-    terms = orbits.mutual_information_terms(
-        key_perm, q, samples, group, num_permutations=num_permutations, estimator=estimator, chunk_size=chunk_size,
-        temperature=proposal_temperature, score_correction=score_correction,
-    )
+    terms = orbits.mutual_information_terms(key_perm, q, samples, group, estimator=estimator, chunk_size=chunk_size)
     mutual_information = jnp.mean(terms)
     value = expected_ll / likelihood_temperature - kl_weight * kl + kl_weight * mutual_information
     log_order = jnp.asarray(group.log_order(), dtype=value.dtype)

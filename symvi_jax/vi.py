@@ -129,7 +129,7 @@ def build(
     group: Optional[WeightSymmetry] = None,
     num_samples: int = 1,
     num_permutations: Optional[int] = None,
-    estimator: str = "infonce",
+    estimator: Union[str, orbits.Estimator] = "infonce",
     prior_scale: Union[float, ArrayTree] = 1.0,
     init_scale: float = 1e-2,
     chunk_size: Optional[int] = None,
@@ -155,8 +155,12 @@ def build(
         ``PermutationGroup.from_params``), for the symmetrized objective. Take it from the full
         params; ``init`` checks it against the shapes of the params it is given.
       num_samples: S, weight samples per step.
-      num_permutations: K for the ``"infonce"`` estimator (the identity is one of the K).
-      estimator: a name in ``orbits.ESTIMATORS``.
+      estimator: the estimator of I(g; w) for the symmetrized objective: a value
+        (``orbits.InfoNCE(K)``, ``orbits.Exact()``, ``orbits.Importance(K, proposal_temperature=...,
+        score_correction=...)``), or a name in ``orbits.ESTIMATORS`` with ``num_permutations``,
+        ``proposal_temperature`` and ``score_correction`` as conveniences (``orbits.as_estimator``
+        builds the value once).
+      num_permutations: K for a named ``"infonce"`` or ``"importance"`` (the identity is one of the K).
       prior_scale: s of the isotropic N(0, s^2 I) prior.
       init_scale: initial sigma of every weight. The default 1e-2 starts q close to a
         deterministic network, as is usual for Bayes-by-backprop-style BNNs; the paper leaves it
@@ -215,18 +219,17 @@ def build(
             data_size=data_size,
             prior_scale=prior_scale,
             num_samples=num_samples,
-            num_permutations=num_permutations,
-            estimator=estimator,
+            estimator=orbits.as_estimator(estimator, num_permutations=num_permutations,
+                                          temperature=proposal_temperature, score_correction=score_correction,
+                                          group=group),
             chunk_size=chunk_size,
-            proposal_temperature=proposal_temperature,
             **tempering,
-            score_correction=score_correction,
         )
     else:
         raise ValueError(f"objective must be 'elbo', 'symmetrized_elbo' or a callable, got {objective!r}")
     # Validate the configuration eagerly, before anything is traced.
-    _check_config(objective, data_size, num_samples, num_permutations, estimator, prior_scale, init_scale, group,
-                  chunk_size, proposal_temperature, score_correction)
+    _check_config(objective, data_size, num_samples, prior_scale, init_scale, group, chunk_size, proposal_temperature,
+                  score_correction)
     for name, flag in (("skip_nonfinite", skip_nonfinite), ("track_grad_norm", track_grad_norm)):
         if not isinstance(flag, bool):
             raise ValueError(f"{name} must be True or False, got {flag!r}")
@@ -247,8 +250,8 @@ def build(
                        group if objective == "symmetrized_elbo" else None)
 
 
-def _check_config(objective, data_size, num_samples, num_permutations, estimator, prior_scale, init_scale, group,
-                  chunk_size, temperature=None, score_correction=False):
+def _check_config(objective, data_size, num_samples, prior_scale, init_scale, group, chunk_size, temperature=None,
+                  score_correction=False):
     _checks.positive_int(data_size, "data_size")
     _checks.positive_int(num_samples, "num_samples")
     _checks.positive(prior_scale, "prior_scale")
@@ -262,13 +265,6 @@ def _check_config(objective, data_size, num_samples, num_permutations, estimator
                 "group is trivial (|G| = 1): there is nothing to symmetrize, and L^G = L. If it came from "
                 "PermutationGroup.from_params on a partitioned tree, take it from the full params (and pass the "
                 "held-out leaves as frozen=); use objective='elbo' for a network without symmetry"
-            )
-        orbits._check_estimator(estimator, num_permutations, temperature)
-        orbits._check_score_correction(estimator, score_correction)
-        if estimator == "exact" and num_permutations is not None and num_permutations != group.order():
-            raise ValueError(
-                f"estimator='exact' sums over all |G| = {group.order()} elements; num_permutations must be "
-                f"None (or {group.order()}), got {num_permutations}"
             )
         objectives.check_prior_invariant(group, prior_scale)
     elif temperature is not None:
