@@ -14,8 +14,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["data_digest", "finite_data", "is_int", "key_to_data", "positive", "positive_float", "positive_int",
-           "rng_key"]
+__all__ = ["data_digest", "finite_data", "is_int", "key_to_data", "mean_field_state", "positive", "positive_float",
+           "positive_int", "rng_key"]
 
 
 def is_int(value) -> bool:
@@ -54,6 +54,17 @@ def positive(value, name: str) -> None:
             raise ValueError(f"{name} must be a positive number (or a tree of them), got {value!r}") from None
         if not np.all(np.isfinite(arr)) or np.any(arr <= 0):
             raise ValueError(f"{name} must be finite and > 0, got {value!r}")
+
+
+def mean_field_state(value, name: str = "q") -> None:
+    """A ``MeanFieldState`` (anything with ``loc`` and ``raw_scale``); a ``vi.VIState`` is refused by name."""
+    if hasattr(value, "loc") and hasattr(value, "raw_scale"):
+        return
+    if hasattr(value, "params") and hasattr(value, "opt_state"):
+        raise ValueError(f"{name} must be a meanfield.MeanFieldState, got a vi.VIState: pass state.params "
+                         "(the variational parameters it holds), not the training state")
+    raise ValueError(f"{name} must be a meanfield.MeanFieldState (meanfield.init, or vi's state.params), "
+                     f"got {type(value).__name__}")
 
 
 def rng_key(value, name: str = "rng_key") -> None:

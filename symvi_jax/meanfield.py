@@ -113,6 +113,7 @@ def sample(rng_key: PRNGKey, q: MeanFieldState, num_samples: Optional[int] = Non
     Returns one params tree, or a tree with a leading axis of ``num_samples`` draws. The draws are
     differentiable with respect to ``q``.
     """
+    _checks.mean_field_state(q)
     if num_samples is not None and (not _checks.is_int(num_samples) or num_samples < 1):
         raise ValueError(f"num_samples must be None or a positive int, got {num_samples!r}")
     leaves, treedef = jax.tree.flatten(q.loc)
@@ -128,6 +129,7 @@ def log_prob(q: MeanFieldState, params: ArrayTree) -> Array:
 
     ``params`` may carry leading batch axes (the same on every leaf); they are kept in the output.
     """
+    _checks.mean_field_state(q)
 
     def leaf_log_prob(x, m, s):
         z = (x - m) / s
@@ -140,6 +142,7 @@ def log_prob(q: MeanFieldState, params: ArrayTree) -> Array:
 
 def entropy(q: MeanFieldState) -> Array:
     """H(q) = sum_i [0.5 log(2 pi e) + log sigma_i]."""
+    _checks.mean_field_state(q)
     per_leaf = jax.tree.map(lambda s: jnp.sum(jnp.log(s) + _HALF_LOG_2PI + 0.5), scale(q))
     return sum(jax.tree.leaves(per_leaf))
 
@@ -151,6 +154,7 @@ def kl_to_normal(q: MeanFieldState, prior_scale: Union[float, ArrayTree] = 1.0) 
       prior_scale: the prior standard deviation s, a positive float or a tree of them (broadcast
         against each leaf).
     """
+    _checks.mean_field_state(q)
     _checks.positive(prior_scale, "prior_scale")
     prior_scale = _broadcast_like(prior_scale, q.loc)
 
@@ -167,6 +171,7 @@ def to_distrax(q: MeanFieldState):
 
     For users who want distrax objects; keep them out of jitted state (STYLE.md, section 9.3).
     """
+    _checks.mean_field_state(q)
     import distrax
 
     return jax.tree.map(

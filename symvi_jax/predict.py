@@ -75,6 +75,7 @@ def predictive_mean(
 
     ``fn`` may return an array or a pytree of arrays (each leaf is averaged).
     """
+    _checks.mean_field_state(q)
     _checks.positive_int(num_samples, "num_samples")
     chunk = num_samples if chunk_size is None else int(chunk_size)
     if chunk < 1 or num_samples % chunk:
@@ -278,6 +279,7 @@ def predictive_mean_and_std(
     d = f_s - f_mu), which avoids the cancellation of E[f^2] - E[f]^2 when |m| >> std.
     """
     noise_std = _check_scale(noise_std, "noise_std", allow_zero=True)
+    _checks.mean_field_state(q)
     center = apply_fn(q.loc, inputs)
 
     def moments(w, x):

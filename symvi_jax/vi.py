@@ -314,7 +314,15 @@ def step(
         skipped = ~finite
     else:
         skipped = jnp.zeros((), dtype=bool)
-    return new_state, VIInfo(*info, grad_norm=grad_norm, skipped=skipped)
+    return new_state, VIInfo(
+        objective=info.objective,
+        expected_loglikelihood=info.expected_loglikelihood,
+        kl=info.kl,
+        mutual_information=info.mutual_information,
+        log_group_order=info.log_group_order,
+        grad_norm=grad_norm,
+        skipped=skipped,
+    )
 
 
 def _all_finite(tree: ArrayTree) -> Array:
