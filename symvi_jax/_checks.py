@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["data_digest", "finite_data", "is_int", "key_to_data", "mean_field_state", "positive", "positive_float",
+__all__ = ["all_finite", "data_digest", "finite_data", "is_int", "key_to_data", "mean_field_state", "positive", "positive_float",
            "positive_int", "rng_key"]
 
 
@@ -90,9 +90,13 @@ def key_to_data(value) -> tuple[np.ndarray, Optional[str]]:
     return np.asarray(value), None
 
 
-@jax.jit
-def _all_finite(tree) -> jax.Array:
-    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
+def all_finite(tree) -> jax.Array:
+    """True if every inexact leaf of ``tree`` is finite (a scalar bool; traceable)."""
+    checks = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree) if jnp.issubdtype(jnp.result_type(x), jnp.inexact)]
+    return jnp.all(jnp.stack(checks)) if checks else jnp.asarray(True)
+
+
+_all_finite = jax.jit(all_finite)
 
 
 def finite_data(data) -> int:
