@@ -185,41 +185,11 @@ def build(
         raise ValueError(f"loglikelihood_fn must be callable (params, batch) -> Array[M], got {type(loglikelihood_fn).__name__}")
     if not hasattr(optimizer, "init") or not hasattr(optimizer, "update"):
         raise ValueError(f"optimizer must be an optax GradientTransformation, got {type(optimizer).__name__}")
-    if callable(objective):
-        if kl_weight != 1.0 or likelihood_temperature != 1.0:
-            raise ValueError("kl_weight and likelihood_temperature apply to objective='elbo' or 'symmetrized_elbo'; "
-                             "a callable objective weighs its own terms")
-        objective_fn = objective
-    elif objective == "elbo":
-        if group is not None or num_permutations is not None:
-            raise ValueError("objective='elbo' takes no group or num_permutations; use objective='symmetrized_elbo'")
-        objective_fn = functools.partial(
-            objectives.elbo,
-            loglikelihood_fn=loglikelihood_fn,
-            data_size=data_size,
-            prior_scale=prior_scale,
-            num_samples=num_samples,
-            **tempering,
-        )
-    elif objective == "symmetrized_elbo":
-        if group is None:
-            raise ValueError("objective='symmetrized_elbo' needs group= (infer_symmetry(apply_fn, params, x) or "
-                             "PermutationGroup.from_params(params))")
-        objective_fn = functools.partial(
-            objectives.symmetrized_elbo,
-            loglikelihood_fn=loglikelihood_fn,
-            group=group,
-            data_size=data_size,
-            prior_scale=prior_scale,
-            num_samples=num_samples,
-            estimator=orbits.as_estimator(estimator, num_permutations=num_permutations,
-                                          temperature=proposal_temperature, score_correction=score_correction,
-                                          group=group),
-            chunk_size=chunk_size,
-            **tempering,
-        )
-    else:
-        raise ValueError(f"objective must be 'elbo', 'symmetrized_elbo' or a callable, got {objective!r}")
+    objective_fn = _objective_fn(objective, loglikelihood_fn, group=group, data_size=data_size,
+                                 prior_scale=prior_scale, num_samples=num_samples, num_permutations=num_permutations,
+                                 estimator=estimator, chunk_size=chunk_size,
+                                 proposal_temperature=proposal_temperature, score_correction=score_correction,
+                                 tempering=tempering)
     # Validate the configuration eagerly, before anything is traced.
     _check_config(objective, data_size, num_samples, prior_scale, init_scale, group, chunk_size, proposal_temperature,
                   score_correction)
@@ -241,6 +211,45 @@ def build(
 
     return VIAlgorithm(init_fn, step_fn, sample_fn, data_size, loglikelihood_fn,
                        group if objective == "symmetrized_elbo" else None)
+
+
+def _objective_fn(objective, loglikelihood_fn, *, group, data_size, prior_scale, num_samples, num_permutations,
+                  estimator, chunk_size, proposal_temperature, score_correction, tempering) -> ObjectiveFn:
+    """The ``(rng_key, q, batch) -> (value, info)`` that :func:`build` differentiates, its settings bound."""
+    if callable(objective):
+        if tempering["kl_weight"] != 1.0 or tempering["likelihood_temperature"] != 1.0:
+            raise ValueError("kl_weight and likelihood_temperature apply to objective='elbo' or 'symmetrized_elbo'; "
+                             "a callable objective weighs its own terms")
+        return objective
+    if objective == "elbo":
+        if group is not None or num_permutations is not None:
+            raise ValueError("objective='elbo' takes no group or num_permutations; use objective='symmetrized_elbo'")
+        return functools.partial(
+            objectives.elbo,
+            loglikelihood_fn=loglikelihood_fn,
+            data_size=data_size,
+            prior_scale=prior_scale,
+            num_samples=num_samples,
+            **tempering,
+        )
+    if objective == "symmetrized_elbo":
+        if group is None:
+            raise ValueError("objective='symmetrized_elbo' needs group= (infer_symmetry(apply_fn, params, x) or "
+                             "PermutationGroup.from_params(params))")
+        return functools.partial(
+            objectives.symmetrized_elbo,
+            loglikelihood_fn=loglikelihood_fn,
+            group=group,
+            data_size=data_size,
+            prior_scale=prior_scale,
+            num_samples=num_samples,
+            estimator=orbits.as_estimator(estimator, num_permutations=num_permutations,
+                                          temperature=proposal_temperature, score_correction=score_correction,
+                                          group=group),
+            chunk_size=chunk_size,
+            **tempering,
+        )
+    raise ValueError(f"objective must be 'elbo', 'symmetrized_elbo' or a callable, got {objective!r}")
 
 
 def _check_config(objective, data_size, num_samples, prior_scale, init_scale, group, chunk_size, temperature=None,
