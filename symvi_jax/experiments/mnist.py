@@ -63,6 +63,7 @@ import optax
 
 from symvi_jax import MLP, PermutationGroup, data, likelihoods, meanfield, orbits, predict, vi
 from symvi_jax.experiments.stats import paired_ci
+from symvi_jax.experiments import base
 from symvi_jax.experiments.base import Result
 from symvi_jax.objectives import ObjectiveInfo
 
@@ -672,49 +673,33 @@ def _markdown(config: Config, rows, timings, load_time, compile_time, total) -> 
 
 def _figures(config: Config, rows):
     def accuracy_plot(path):
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
         widths = [int(w) for w in config.widths]
-        fig, axes = plt.subplots(1, 2, figsize=(9, 3.5))
-        for method in config.methods:
-            for ax, key, scale in ((axes[0], "test_accuracy", 100), (axes[1], "test_nll", 1)):
-                stats = [_mean_std([scale * r[key] for r in _select(rows, method=method, width=w)]) for w in widths]
-                ax.errorbar(widths, [m for m, _ in stats], yerr=[s for _, s in stats], marker="o", capsize=3,
-                            label=method)
-        if config.dataset == "mnist" and config.num_hidden_layers == 1 and config.num_train is None:
+        with base.figure(path, 1, 2, figsize=(9, 3.5), dpi=100) as (fig, axes):
             for method in config.methods:
-                if method in PAPER_TABLE1:
-                    ws = [w for w in widths if w in PAPER_TABLE1[method]]
-                    axes[0].plot(ws, [PAPER_TABLE1[method][w][0] for w in ws], "x", color="gray")
-            axes[0].plot([], [], "x", color="gray", label="paper")
-        axes[0].set(xlabel="width", ylabel="test accuracy (%)")
-        axes[1].set(xlabel="width", ylabel="test NLL")
-        axes[0].legend(fontsize=8)
-        fig.tight_layout()
-        fig.savefig(path, dpi=100)
-        plt.close(fig)
+                for ax, key, scale in ((axes[0], "test_accuracy", 100), (axes[1], "test_nll", 1)):
+                    stats = [_mean_std([scale * r[key] for r in _select(rows, method=method, width=w)]) for w in widths]
+                    ax.errorbar(widths, [m for m, _ in stats], yerr=[s for _, s in stats], marker="o", capsize=3,
+                                label=method)
+            if config.dataset == "mnist" and config.num_hidden_layers == 1 and config.num_train is None:
+                for method in config.methods:
+                    if method in PAPER_TABLE1:
+                        ws = [w for w in widths if w in PAPER_TABLE1[method]]
+                        axes[0].plot(ws, [PAPER_TABLE1[method][w][0] for w in ws], "x", color="gray")
+                axes[0].plot([], [], "x", color="gray", label="paper")
+            axes[0].set(xlabel="width", ylabel="test accuracy (%)")
+            axes[1].set(xlabel="width", ylabel="test NLL")
+            axes[0].legend(fontsize=8)
 
     def saturation_plot(path):
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        fig, ax = plt.subplots(figsize=(5, 3.5))
-        for w in config.widths:
-            for method in config.methods:
-                sel = _select(rows, method=method, width=int(w))
-                if sel:
-                    sat = np.mean([r["saturation"] for r in sel], axis=0)
-                    ax.plot(np.arange(1, len(sat) + 1), sat, label=f"{method}, width {w}")
-        ax.set(xlabel="epoch", ylabel="I^K / log K (epoch mean)", ylim=(0, 1.05))
-        ax.legend(fontsize=6, ncol=2)
-        fig.tight_layout()
-        fig.savefig(path, dpi=100)
-        plt.close(fig)
+        with base.figure(path, figsize=(5, 3.5), dpi=100) as (fig, ax):
+            for w in config.widths:
+                for method in config.methods:
+                    sel = _select(rows, method=method, width=int(w))
+                    if sel:
+                        sat = np.mean([r["saturation"] for r in sel], axis=0)
+                        ax.plot(np.arange(1, len(sat) + 1), sat, label=f"{method}, width {w}")
+            ax.set(xlabel="epoch", ylabel="I^K / log K (epoch mean)", ylim=(0, 1.05))
+            ax.legend(fontsize=6, ncol=2)
 
     return {"accuracy_vs_width.png": accuracy_plot, "saturation.png": saturation_plot}
 
