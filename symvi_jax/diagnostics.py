@@ -48,6 +48,7 @@ from symvi_jax.symmetry import WeightSymmetry, as_symmetry
 from symvi_jax.types import Array, ArrayTree, PRNGKey
 
 __all__ = [
+    "unit_statistics",
     "LayerMutualInformation",
     "SymmetryReport",
     "layer_mutual_information",
@@ -278,3 +279,21 @@ def report(
         nearest_mode_distance=nearest_equivalent_distance(q.loc, group),
         widths=group.sizes,
     )
+
+
+def unit_statistics(q, layer_names, prior_scale: float):
+    """Per hidden unit, over its incoming weights and bias: mean |mu| / s and mean sigma / s.
+
+    For a Dense chain whose layers are named ``layer_names`` in order (an ``MLP``); s is the
+    prior scale. Returns a list (one entry per hidden layer) of ``(mean_abs_loc, mean_scale)`` arrays.
+    """
+    _checks.mean_field_state(q)
+    sigma = meanfield.scale(q)
+    out = []
+    for name in layer_names[:-1]:
+        locs = [q.loc[name]["kernel"]] + ([q.loc[name]["bias"][None, :]] if "bias" in q.loc[name] else [])
+        scales = [sigma[name]["kernel"]] + ([sigma[name]["bias"][None, :]] if "bias" in sigma[name] else [])
+        loc = jnp.concatenate(locs, axis=0)
+        scale = jnp.concatenate(scales, axis=0)
+        out.append((jnp.mean(jnp.abs(loc), axis=0) / prior_scale, jnp.mean(scale, axis=0) / prior_scale))
+    return out

@@ -61,7 +61,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from symvi_jax import MLP, PermutationGroup, data, likelihoods, meanfield, orbits, predict, vi
+from symvi_jax import MLP, PermutationGroup, data, diagnostics, likelihoods, meanfield, orbits, predict, vi
 from symvi_jax.experiments.stats import paired_ci
 from symvi_jax.experiments import base
 from symvi_jax.experiments.base import Result
@@ -207,64 +207,10 @@ def symmetrized_objective(
 # ---- predictions -----------------------------------------------------------------------------------
 
 
-def _forward_rest(pre_activation, rest, names):
-    h = pre_activation
-    for name in names[1:]:
-        h = jax.nn.relu(h)
-        layer = rest[name]
-        h = h @ layer["kernel"] + (layer["bias"] if "bias" in layer else 0.0)
-    return h
-
-
-def local_predictive_probs(rng_key, q, inputs, *, num_samples: int, chunk_size: int, layer_names):
-    """(1/S) sum_s softmax(f(x; a_s, w_s)) with first-layer pre-activations drawn from their
-    exact Gaussian marginal, a_s = x mu_0 + b_0 + sqrt(x^2 sigma_0^2 + sigma_b^2) * eps_s, and the
-    later layers w_s ~ q (module docstring). ``chunk_size`` draws are evaluated at a time."""
-    first = layer_names[0]
-    sigma = meanfield.scale(q)
-    loc0, scale0 = q.loc[first], sigma[first]
-    mean = inputs @ loc0["kernel"] + loc0.get("bias", 0.0)
-    var = jnp.square(inputs) @ jnp.square(scale0["kernel"])
-    if "bias" in scale0:
-        var = var + jnp.square(scale0["bias"])
-    std = jnp.sqrt(var)
-    rest_q = meanfield.MeanFieldState(
-        {n: q.loc[n] for n in layer_names[1:]}, {n: q.raw_scale[n] for n in layer_names[1:]}
-    )
-
-    def body(total, key):
-        key_eps, key_rest = jax.random.split(key)
-        eps = jax.random.normal(key_eps, (chunk_size, mean.shape[1]), dtype=mean.dtype)
-        rest = meanfield.sample(key_rest, rest_q, chunk_size)
-
-        def one(eps_s, rest_s):
-            return jax.nn.softmax(_forward_rest(mean + std * eps_s, rest_s, layer_names), axis=-1)
-
-        return total + jnp.sum(jax.vmap(one)(eps, rest), axis=0), None
-
-    num_outputs = q.loc[layer_names[-1]]["kernel"].shape[1]
-    total0 = jnp.zeros((inputs.shape[0], num_outputs), mean.dtype)
-    total, _ = jax.lax.scan(body, total0, jax.random.split(rng_key, num_samples // chunk_size))
-    return total / num_samples
-
-
-# ---- diagnostics -------------------------------------------------------------------------------------
-
-
-def unit_statistics(q, layer_names, prior_scale: float):
-    """Per hidden unit, over its incoming weights and bias: mean |mu| / s and mean sigma / s.
-
-    Returns a list (one entry per hidden layer) of ``(mean_abs_loc, mean_scale)`` arrays.
-    """
-    sigma = meanfield.scale(q)
-    out = []
-    for name in layer_names[:-1]:
-        locs = [q.loc[name]["kernel"]] + ([q.loc[name]["bias"][None, :]] if "bias" in q.loc[name] else [])
-        scales = [sigma[name]["kernel"]] + ([sigma[name]["bias"][None, :]] if "bias" in sigma[name] else [])
-        loc = jnp.concatenate(locs, axis=0)
-        scale = jnp.concatenate(scales, axis=0)
-        out.append((jnp.mean(jnp.abs(loc), axis=0) / prior_scale, jnp.mean(scale, axis=0) / prior_scale))
-    return out
+# local_predictive_probs lives in predict and unit_statistics in diagnostics; both names stay
+# importable from here.
+local_predictive_probs = predict.local_predictive_probs
+unit_statistics = diagnostics.unit_statistics
 
 
 # ---- running -----------------------------------------------------------------------------------------
