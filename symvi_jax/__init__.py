@@ -11,6 +11,23 @@ from symvi_jax.vi import VIAlgorithm, VIInfo, VIState, build, fit
 
 __version__ = "0.1.0"
 
+# Submodules imported on first attribute access (``symvi_jax.hmc``), so that ``import symvi_jax``
+# imports no optional dependency: hmc needs blackjax, checkpoint orbax-checkpoint (pyproject extras).
+_LAZY_SUBMODULES = ("checkpoint", "compilation", "data", "diagnostics", "hmc", "parallel", "posterior_grid")
+
+
+def __getattr__(name):
+    if name in _LAZY_SUBMODULES:
+        import importlib
+
+        return importlib.import_module(f"{__name__}.{name}")  # also binds it on the package
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_LAZY_SUBMODULES))
+
+
 __all__ = [
     "MLP",
     "MeanFieldState",

@@ -39,6 +39,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from symvi_jax import _checks
 from symvi_jax.types import ArrayTree, PRNGKey
 
 __all__ = ["TrainingCheckpoint", "Checkpointer", "save", "restore", "latest_step", "read_metadata", "is_finished"]
@@ -60,22 +61,13 @@ class TrainingCheckpoint(NamedTuple):
     metadata: Mapping[str, Any] = {}
 
 
-def _key_to_data(rng_key) -> tuple[np.ndarray, Optional[str]]:
-    rng_key = jnp.asarray(rng_key)
-    if jax.dtypes.issubdtype(rng_key.dtype, jax.dtypes.prng_key):
-        return np.asarray(jax.random.key_data(rng_key)), str(jax.random.key_impl(rng_key))
-    if rng_key.dtype != jnp.uint32:
-        raise ValueError(f"rng_key must be a typed key (jax.random.key) or a legacy uint32 key, got dtype {rng_key.dtype}")
-    return np.asarray(rng_key), None
-
-
 def _key_from_data(data, impl: Optional[str]):
     data = jnp.asarray(data)
     return data if impl is None else jax.random.wrap_key_data(data, impl=impl)
 
 
 def _check_step(step) -> int:
-    if not isinstance(step, (int, np.integer)) or isinstance(step, bool) or step < 0:
+    if not _checks.is_int(step) or step < 0:
         raise ValueError(f"step must be a non-negative int, got {step!r}")
     return int(step)
 
@@ -107,10 +99,11 @@ class Checkpointer:
     """
 
     def __init__(self, directory, *, max_to_keep: int = 2, read_only: bool = False):
-        import orbax.checkpoint as ocp
+        from symvi_jax import _optional
 
-        if not isinstance(max_to_keep, (int, np.integer)) or isinstance(max_to_keep, bool) or max_to_keep < 1:
-            raise ValueError(f"max_to_keep must be a positive int, got {max_to_keep!r}")
+        ocp = _optional.require("orbax.checkpoint", extra="checkpoint", feature="symvi_jax.checkpoint")
+
+        _checks.positive_int(max_to_keep, "max_to_keep")
         self.directory = _check_directory(directory)
         self._ocp = ocp
         self.read_only = bool(read_only)
@@ -161,7 +154,7 @@ class Checkpointer:
         if step in self.all_steps():
             raise ValueError(f"a checkpoint for step {step} already exists in {self.directory}")
         metadata = dict(checkpoint.metadata or {})
-        key_data, key_impl = _key_to_data(checkpoint.rng_key)
+        key_data, key_impl = _checks.key_to_data(checkpoint.rng_key)
         record = {
             "format_version": FORMAT_VERSION,
             "step": step,

@@ -21,20 +21,29 @@ import typing
 from pathlib import Path
 from typing import Optional, Sequence
 
-from symvi_jax.experiments import base
-
 __all__ = ["main", "COMMANDS"]
 
-#: Experiment subcommands: name -> module with ``Config``, ``run`` and a one-line ``__doc__``.
+#: Experiment subcommands: name -> (module with ``Config``, ``run`` and a module docstring, the
+#: one-line summary ``symvi-jax --help`` shows). The module is imported only when its command runs
+#: (or its ``--help`` is asked for); ``tests/test_cli.py`` checks each summary against the module's
+#: first docstring line.
 COMMANDS = {
-    "demo": "symvi_jax.experiments.demo",
-    "train": "symvi_jax.experiments.train",
-    "mixture": "symvi_jax.experiments.mixture",
-    "tractable": "symvi_jax.experiments.tractable",
-    "mnist": "symvi_jax.experiments.mnist",
-    "estimators": "symvi_jax.experiments.estimators",
-    "sign-flips": "symvi_jax.experiments.sign_flips",
-    "cnn": "symvi_jax.experiments.cnn",
+    "demo": ("symvi_jax.experiments.demo",
+             "MFVI vs symmetrized VI on the paper's two-unit ReLU regression, no download needed."),
+    "train": ("symvi_jax.experiments.train",
+              "Train an MLP with vi.fit on generated data, checkpointed, resumable with --resume (no download)."),
+    "mixture": ("symvi_jax.experiments.mixture",
+                "Section 3: a single Gaussian fitted by reverse KL to two equal modes interpolates them below a*."),
+    "tractable": ("symvi_jax.experiments.tractable",
+                  "The paper's tractable BNN (Tables 2 and 3, Figure 4) against an exact grid and an HMC reference."),
+    "mnist": ("symvi_jax.experiments.mnist",
+              "MNIST / Fashion-MNIST with small MLPs: MFVI vs the symmetrized posterior (SGM), Table 1."),
+    "estimators": ("symvi_jax.experiments.estimators",
+                   "Orbit estimators on MNIST posteriors: uniform vs importance against exact I, wide nets, training."),
+    "sign-flips": ("symvi_jax.experiments.sign_flips",
+                   "How much of I(g; w) comes from sign flips and how much from permutations, on tanh nets."),
+    "cnn": ("symvi_jax.experiments.cnn",
+            "A small CNN on MNIST / Fashion-MNIST with its channel symmetry read off the network."),
 }
 
 
@@ -42,9 +51,13 @@ def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
-def _add_experiment_parser(subparsers, name: str, module_path: str):
+def _add_experiment_parser(subparsers, name: str, module_path: str, summary: str, *, with_flags: bool = True):
+    """The subparser of one experiment; its config flags (which import the module) only if ``with_flags``."""
+    if not with_flags:  # listed in the top-level help, never parsed with
+        parser = subparsers.add_parser(name, help=summary, description=summary, allow_abbrev=False)
+        parser.set_defaults(_parser=parser)
+        return parser
     module = importlib.import_module(module_path)
-    summary = (module.__doc__ or name).strip().splitlines()[0]
     parser = subparsers.add_parser(name, help=summary, description=module.__doc__, allow_abbrev=False,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", help="YAML file of config keys (flags override it)")
@@ -64,6 +77,8 @@ def _add_experiment_parser(subparsers, name: str, module_path: str):
 
 
 def _run_experiment(args) -> int:
+    from symvi_jax.experiments import base
+
     module = args._module
     hints = typing.get_type_hints(module.Config)
     overrides = {}
@@ -110,18 +125,30 @@ def _run_data(args) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: Optional[str] = None) -> argparse.ArgumentParser:
+    """The ``symvi-jax`` parser.
+
+    Args:
+      command: build the config flags of this experiment only (importing only its module); the
+        other experiments are listed with their summaries. None: build every experiment's flags.
+    """
     parser = argparse.ArgumentParser(prog="symvi-jax", description=__doc__, allow_abbrev=False,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     subparsers = parser.add_subparsers(dest="command", required=True)
-    for name, module_path in COMMANDS.items():
-        _add_experiment_parser(subparsers, name, module_path)
+    for name, (module_path, summary) in COMMANDS.items():
+        _add_experiment_parser(subparsers, name, module_path, summary, with_flags=command in (None, name))
     _add_data_parser(subparsers)
     return parser
 
 
+def _command_name(argv: Sequence[str]) -> str:
+    """The subcommand named in ``argv`` (its first word that is not an option), or "" if none."""
+    return next((word for word in argv if not word.startswith("-")), "")
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(command=_command_name(argv))
     args, unknown = parser.parse_known_args(argv)
     if unknown:  # report it on the subcommand's parser, whose usage lists every flag
         flags = sorted(o for action in args._parser._actions for o in action.option_strings if o.startswith("--"))

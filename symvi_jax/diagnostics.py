@@ -42,12 +42,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from symvi_jax import _checks
 from symvi_jax import meanfield, permanent, proposals, units
 from symvi_jax.meanfield import MeanFieldState
 from symvi_jax.symmetry import WeightSymmetry, as_symmetry
 from symvi_jax.types import Array, ArrayTree, PRNGKey
 
 __all__ = [
+    "unit_statistics",
     "LayerMutualInformation",
     "SymmetryReport",
     "layer_mutual_information",
@@ -86,11 +88,6 @@ def _check_group(group) -> None:
     as_symmetry(group)
     if not group.factors:
         raise ValueError("the group has no factor (the network has no hidden unit to permute)")
-
-
-def _check_positive_int(value, name: str) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
 
 
 def _layer_terms_exact(q, w, group, layer):
@@ -161,8 +158,8 @@ def layer_mutual_information(
     one jitted program, compiled once per (group, factor, shapes) and reused across calls.
     """
     _check_group(group)
-    _check_positive_int(num_samples, "num_samples")
-    _check_positive_int(num_permutations, "num_permutations")
+    _checks.positive_int(num_samples, "num_samples")
+    _checks.positive_int(num_permutations, "num_permutations")
     if not 0 <= exact_max_width <= permanent.MAX_WIDTH:
         raise ValueError(f"exact_max_width must be in [0, {permanent.MAX_WIDTH}], got {exact_max_width!r}")
     proposals._check_config(temperature, num_iterations)
@@ -189,7 +186,7 @@ def layer_mutual_information(
 def unit_kl(q: MeanFieldState, group: WeightSymmetry, prior_scale: float = 1.0) -> tuple[Array, ...]:
     """KL(q_unit || N(0, s^2 I)) of every unit block (incoming, bias, outgoing), one array per layer."""
     _check_group(group)
-    meanfield._check_positive(prior_scale, "prior_scale")
+    _checks.positive(prior_scale, "prior_scale")
     if not isinstance(prior_scale, (int, float, np.floating)):
         raise ValueError(f"prior_scale must be a positive float, got {type(prior_scale).__name__}")
     sigma_tree = meanfield.scale(q)
@@ -246,7 +243,7 @@ def theorem_3_1_bound(in_features: int, width: int, out_features: int) -> float:
     Informative (below 1) only for very wide layers; inf for d_h <= 2, where log(d_h / 2) <= 0.
     """
     for name, value in (("in_features", in_features), ("width", width), ("out_features", out_features)):
-        _check_positive_int(value, name)
+        _checks.positive_int(value, name)
     if width <= 2:
         return math.inf
     return 2.0 * (in_features + out_features + 1 + 1.0 / width) / math.log(width / 2.0)
@@ -318,3 +315,21 @@ def report(
         widths=group.sizes,
         verdict=verdict(layers, collapsed),
     )
+
+
+def unit_statistics(q, layer_names, prior_scale: float):
+    """Per hidden unit, over its incoming weights and bias: mean |mu| / s and mean sigma / s.
+
+    For a Dense chain whose layers are named ``layer_names`` in order (an ``MLP``); s is the
+    prior scale. Returns a list (one entry per hidden layer) of ``(mean_abs_loc, mean_scale)`` arrays.
+    """
+    _checks.mean_field_state(q)
+    sigma = meanfield.scale(q)
+    out = []
+    for name in layer_names[:-1]:
+        locs = [q.loc[name]["kernel"]] + ([q.loc[name]["bias"][None, :]] if "bias" in q.loc[name] else [])
+        scales = [sigma[name]["kernel"]] + ([sigma[name]["bias"][None, :]] if "bias" in sigma[name] else [])
+        loc = jnp.concatenate(locs, axis=0)
+        scale = jnp.concatenate(scales, axis=0)
+        out.append((jnp.mean(jnp.abs(loc), axis=0) / prior_scale, jnp.mean(scale, axis=0) / prior_scale))
+    return out

@@ -26,13 +26,14 @@ from __future__ import annotations
 
 from typing import Callable, NamedTuple
 
-import blackjax
 import jax
 import jax.numpy as jnp
-import numpy as np
 
+from symvi_jax import _checks, _optional
 from symvi_jax.symmetry import PermutationGroup
 from symvi_jax.types import Array, ArrayTree, PRNGKey
+
+blackjax = _optional.require("blackjax", extra="hmc", feature="symvi_jax.hmc")
 
 __all__ = ["HMCInfo", "sample", "symmetrize"]
 
@@ -53,11 +54,6 @@ class HMCInfo(NamedTuple):
     acceptance_rate: Array
     num_divergent: Array
     num_integration_steps: Array
-
-
-def _check_count(value, name: str) -> None:
-    if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
 
 
 def sample(
@@ -83,8 +79,8 @@ def sample(
       ``(positions, info)``: positions shaped like ``initial_positions`` with an extra axis of
       ``num_samples`` after the chain axis, and :class:`HMCInfo` per chain.
     """
-    _check_count(num_warmup, "num_warmup")
-    _check_count(num_samples, "num_samples")
+    _checks.positive_int(num_warmup, "num_warmup")
+    _checks.positive_int(num_samples, "num_samples")
     if not 0.0 < target_acceptance_rate < 1.0:
         raise ValueError(f"target_acceptance_rate must lie in (0, 1), got {target_acceptance_rate!r}")
     leaves = jax.tree.leaves(initial_positions)

@@ -31,6 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from symvi_jax import _checks
 from symvi_jax import nets
 from symvi_jax.types import Array, ArrayTree
 
@@ -92,19 +93,6 @@ def check_labels(labels, num_classes: int) -> None:
                 f"labels must lie in [0, {num_classes}) for a network with {num_classes} outputs, "
                 f"got values in [{values.min()}, {values.max()}]"
             )
-
-
-def _check_positive_finite(value, name: str) -> float:
-    """A real scalar (a Python or NumPy number, or a 0-d array) in (0, inf); returned as a float."""
-    dtype = np.asarray(value).dtype if not isinstance(value, jax.core.Tracer) else None
-    if (
-        isinstance(value, (bool, np.bool_)) or dtype is None or np.ndim(value) != 0
-        or not (np.issubdtype(dtype, np.integer) or np.issubdtype(dtype, np.floating))
-    ):
-        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
-    if not np.isfinite(value) or value <= 0:
-        raise ValueError(f"{name} must be finite and > 0, got {value!r}")
-    return float(value)
 
 
 def _match_targets(targets, output_shape, what: str = "regression targets"):
@@ -197,7 +185,7 @@ def gaussian(apply_fn: Callable[[ArrayTree, Array], Array], *, noise_precision: 
 
     The returned function has ``check_batch(params, batch)`` (see the module docstring).
     """
-    noise_precision = _check_positive_finite(noise_precision, "noise_precision")
+    noise_precision = _checks.positive_float(noise_precision, "noise_precision")
     log_norm = 0.5 * math.log(noise_precision / (2 * math.pi))
 
     def loglikelihood_fn(params, batch):
@@ -245,8 +233,8 @@ def student_t(apply_fn: Callable[[ArrayTree, Array], Array], *, df: float, scale
     makes outliers cost only logarithmically. Targets are shaped like the outputs (``(M,)`` for
     one output). The returned function has ``check_batch(params, batch)``.
     """
-    df = _check_positive_finite(df, "df")
-    scale = _check_positive_finite(scale, "scale")
+    df = _checks.positive_float(df, "df")
+    scale = _checks.positive_float(scale, "scale")
     log_norm = math.lgamma((df + 1) / 2) - math.lgamma(df / 2) - 0.5 * math.log(df * math.pi) - math.log(scale)
 
     def loglikelihood_fn(params, batch):

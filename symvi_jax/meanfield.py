@@ -28,6 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from symvi_jax import _checks
 from symvi_jax.types import Array, ArrayLike, ArrayTree, PRNGKey
 
 __all__ = [
@@ -56,19 +57,6 @@ class MeanFieldState(NamedTuple):
     raw_scale: ArrayTree
 
 
-def _check_positive(value, name: str) -> None:
-    """Eager validation of a positive scalar or tree; skipped for traced values."""
-    for leaf in jax.tree.leaves(value):
-        if isinstance(leaf, jax.core.Tracer):
-            continue
-        try:
-            arr = np.asarray(leaf, dtype=np.float64)
-        except (TypeError, ValueError):
-            raise ValueError(f"{name} must be a positive number (or a tree of them), got {value!r}") from None
-        if not np.all(np.isfinite(arr)) or np.any(arr <= 0):
-            raise ValueError(f"{name} must be finite and > 0, got {value!r}")
-
-
 def _broadcast_like(value, tree: ArrayTree) -> ArrayTree:
     """A scalar becomes a tree shaped like ``tree``; a tree is returned as it is."""
     if isinstance(value, (int, float)) or (hasattr(value, "ndim") and value.ndim == 0):
@@ -91,7 +79,7 @@ def init(params: ArrayTree, *, init_scale: Union[float, ArrayTree]) -> MeanField
       init_scale: initial sigma, a positive float (or a tree of them shaped like params), larger
         than ``SCALE_FLOOR``.
     """
-    _check_positive(init_scale, "init_scale")
+    _checks.positive(init_scale, "init_scale")
     for leaf in jax.tree.leaves(init_scale):
         if not isinstance(leaf, jax.core.Tracer) and np.any(np.asarray(leaf) <= SCALE_FLOOR):
             raise ValueError(f"init_scale must exceed SCALE_FLOOR = {SCALE_FLOOR}, got {init_scale!r}")
@@ -103,7 +91,7 @@ def init(params: ArrayTree, *, init_scale: Union[float, ArrayTree]) -> MeanField
 
 def normal(loc: ArrayTree, scale: Union[float, ArrayTree]) -> MeanFieldState:
     """The state of N(loc, scale^2 I), e.g. an isotropic prior ``normal(zeros_like(params), s)``."""
-    _check_positive(scale, "scale")
+    _checks.positive(scale, "scale")
     return MeanFieldState(
         loc=loc,
         raw_scale=jax.tree.map(
@@ -125,7 +113,8 @@ def sample(rng_key: PRNGKey, q: MeanFieldState, num_samples: Optional[int] = Non
     Returns one params tree, or a tree with a leading axis of ``num_samples`` draws. The draws are
     differentiable with respect to ``q``.
     """
-    if num_samples is not None and (not isinstance(num_samples, (int, np.integer)) or num_samples < 1):
+    _checks.mean_field_state(q)
+    if num_samples is not None and (not _checks.is_int(num_samples) or num_samples < 1):
         raise ValueError(f"num_samples must be None or a positive int, got {num_samples!r}")
     leaves, treedef = jax.tree.flatten(q.loc)
     keys = jax.random.split(rng_key, len(leaves))
@@ -140,6 +129,7 @@ def log_prob(q: MeanFieldState, params: ArrayTree) -> Array:
 
     ``params`` may carry leading batch axes (the same on every leaf); they are kept in the output.
     """
+    _checks.mean_field_state(q)
 
     def leaf_log_prob(x, m, s):
         z = (x - m) / s
@@ -152,6 +142,7 @@ def log_prob(q: MeanFieldState, params: ArrayTree) -> Array:
 
 def entropy(q: MeanFieldState) -> Array:
     """H(q) = sum_i [0.5 log(2 pi e) + log sigma_i]."""
+    _checks.mean_field_state(q)
     per_leaf = jax.tree.map(lambda s: jnp.sum(jnp.log(s) + _HALF_LOG_2PI + 0.5), scale(q))
     return sum(jax.tree.leaves(per_leaf))
 
@@ -163,7 +154,8 @@ def kl_to_normal(q: MeanFieldState, prior_scale: Union[float, ArrayTree] = 1.0) 
       prior_scale: the prior standard deviation s, a positive float or a tree of them (broadcast
         against each leaf).
     """
-    _check_positive(prior_scale, "prior_scale")
+    _checks.mean_field_state(q)
+    _checks.positive(prior_scale, "prior_scale")
     prior_scale = _broadcast_like(prior_scale, q.loc)
 
     def leaf_kl(m, s, p):
@@ -179,6 +171,7 @@ def to_distrax(q: MeanFieldState):
 
     For users who want distrax objects; keep them out of jitted state (STYLE.md, section 9.3).
     """
+    _checks.mean_field_state(q)
     import distrax
 
     return jax.tree.map(

@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from symvi_jax import _checks
 from symvi_jax.types import Array, ArrayTree
 
 __all__ = ["MLP", "dense_chain", "partition", "combine"]
@@ -58,7 +59,7 @@ class MLP(nn.Module):
         features = self.features
         if (
             not isinstance(features, Sequence) or isinstance(features, str) or not features
-            or not all(isinstance(f, (int, np.integer)) and not isinstance(f, (bool, np.bool_)) for f in features)
+            or not all(_checks.is_int(f) for f in features)
             or any(f < 1 for f in features)
         ):
             raise ValueError(f"features must be a non-empty sequence of positive int widths, got {features!r}")

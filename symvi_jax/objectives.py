@@ -35,6 +35,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from symvi_jax import _checks
 from symvi_jax import meanfield, orbits
 from symvi_jax.meanfield import MeanFieldState
 from symvi_jax.symmetry import WeightSymmetry, as_symmetry
@@ -59,11 +60,6 @@ class ObjectiveInfo(NamedTuple):
     kl: Array
     mutual_information: Array
     log_group_order: Array
-
-
-def _check_positive_int(value, name: str) -> None:
-    if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
 
 
 def check_prior_invariant(group: WeightSymmetry, prior_scale) -> None:
@@ -164,8 +160,8 @@ def elbo(
       likelihood_temperature: T in (0, inf); the likelihood term is divided by T (1: the ELBO;
         T < 1: a cold posterior).
     """
-    _check_positive_int(data_size, "data_size")
-    _check_positive_int(num_samples, "num_samples")
+    _checks.positive_int(data_size, "data_size")
+    _checks.positive_int(num_samples, "num_samples")
     _check_tempering(kl_weight, likelihood_temperature)
     samples = meanfield.sample(rng_key, q, num_samples)
     expected_ll = _expected_loglikelihood(loglikelihood_fn, samples, batch, data_size)
@@ -186,7 +182,7 @@ def symmetrized_elbo(
     prior_scale: Union[float, ArrayTree] = 1.0,
     num_samples: int = 1,
     num_permutations: Optional[int] = None,
-    estimator: str = "infonce",
+    estimator: Union[str, orbits.Estimator] = "infonce",
     chunk_size: Optional[int] = None,
     kl_estimator: str = "closed_form",
     temperature: Optional[float] = None,
@@ -200,8 +196,10 @@ def symmetrized_elbo(
     Args:
       group: the network's ``WeightSymmetry`` (e.g. ``infer_symmetry`` or
         ``PermutationGroup.from_params``); the prior must be invariant under it.
-      num_permutations: K (``"infonce"``, ``"importance"``); None for ``"exact"``.
-      estimator: a name in ``orbits.ESTIMATORS``.
+      estimator: the estimator of I(g; w), a value (``orbits.InfoNCE(K)``, ``orbits.Exact()``,
+        ``orbits.Importance(K, ...)``) or a name in ``orbits.ESTIMATORS`` with the conveniences
+        below (``orbits.as_estimator``).
+      num_permutations: K for a named ``"infonce"`` or ``"importance"``; None for ``"exact"``.
       proposal_temperature: the proposal's tempering for ``estimator="importance"`` (None: 1).
       temperature: deprecated alias of ``proposal_temperature`` (a ``DeprecationWarning``).
       kl_weight, likelihood_temperature: beta and T of the tempered L^K_{T,beta}, as in :func:`elbo`.
@@ -215,19 +213,18 @@ def symmetrized_elbo(
       ValueError: if the prior is not G-invariant (then KL(q^G || p) != KL(q || p) - I and the
         bound does not hold), or on a bad K, S or estimator.
     """
-    _check_positive_int(data_size, "data_size")
-    _check_positive_int(num_samples, "num_samples")
+    _checks.positive_int(data_size, "data_size")
+    _checks.positive_int(num_samples, "num_samples")
     _check_tempering(kl_weight, likelihood_temperature)
     proposal_temperature = _proposal_temperature(proposal_temperature, temperature)
     check_prior_invariant(as_symmetry(group), prior_scale)
+    estimator = orbits.as_estimator(estimator, num_permutations=num_permutations, temperature=proposal_temperature,
+                                    score_correction=score_correction, group=group)
     key_sample, key_perm = jax.random.split(rng_key)
     samples = meanfield.sample(key_sample, q, num_samples)
     expected_ll = _expected_loglikelihood(loglikelihood_fn, samples, batch, data_size)
     kl = _kl(q, samples, prior_scale, kl_estimator)
-    terms = orbits.mutual_information_terms(
-        key_perm, q, samples, group, num_permutations=num_permutations, estimator=estimator, chunk_size=chunk_size,
-        temperature=proposal_temperature, score_correction=score_correction,
-    )
+    terms = orbits.mutual_information_terms(key_perm, q, samples, group, estimator=estimator, chunk_size=chunk_size)
     mutual_information = jnp.mean(terms)
     value = expected_ll / likelihood_temperature - kl_weight * kl + kl_weight * mutual_information
     log_order = jnp.asarray(group.log_order(), dtype=value.dtype)

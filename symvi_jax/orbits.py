@@ -37,19 +37,25 @@ Everything that runs over group elements is vmapped; pass ``chunk_size`` to run 
 
 from __future__ import annotations
 
-from typing import Callable, Optional
+import dataclasses
+from typing import Callable, ClassVar, Optional, Union
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from symvi_jax import meanfield, permanent, proposals, units
+from symvi_jax import _checks, meanfield, permanent, proposals, units
 from symvi_jax.meanfield import MeanFieldState
 from symvi_jax.symmetry import WeightSymmetry, _decode, _moved_axis, _split_wrapper, as_symmetry, leaf_paths
 from symvi_jax.types import Array, ArrayTree, Permutation, PRNGKey
 
 __all__ = [
     "ESTIMATORS",
+    "Estimator",
+    "Exact",
+    "Importance",
+    "InfoNCE",
+    "as_estimator",
     "TEMPERED_ESTIMATORS",
     "importance_terms",
     "uses_permanent",
@@ -65,7 +71,7 @@ def map_over(fn: Callable, xs, chunk_size: Optional[int] = None):
     """``vmap(fn)(xs)``, or ``lax.map(fn, xs, batch_size=chunk_size)`` when a chunk size is given."""
     if chunk_size is None:
         return jax.vmap(fn)(xs)
-    if not isinstance(chunk_size, (int, np.integer)) or isinstance(chunk_size, bool) or chunk_size < 1:
+    if not _checks.is_int(chunk_size) or chunk_size < 1:
         raise ValueError(f"chunk_size must be None or a positive int, got {chunk_size!r}")
     return jax.lax.map(fn, xs, batch_size=int(chunk_size))
 
@@ -318,29 +324,110 @@ ESTIMATORS: dict[str, Callable] = {
 TEMPERED_ESTIMATORS = ("importance",)
 
 
-def _check_estimator(estimator: str, num_permutations, temperature=None) -> None:
-    if estimator not in ESTIMATORS:
-        raise ValueError(f"estimator must be one of {sorted(ESTIMATORS)}, got {estimator!r}")
-    if estimator != "exact" and (
-        not isinstance(num_permutations, (int, np.integer)) or isinstance(num_permutations, bool) or num_permutations < 1
-    ):
-        raise ValueError(f"num_permutations (K) must be a positive int, got {num_permutations!r}")
-    if temperature is not None:
-        if estimator not in TEMPERED_ESTIMATORS:
-            raise ValueError(
-                f"temperature only applies to estimator in {TEMPERED_ESTIMATORS}, got estimator={estimator!r}"
-            )
-        if isinstance(temperature, bool) or not isinstance(temperature, (int, float, np.floating)) or not (
+@dataclasses.dataclass(frozen=True)
+class InfoNCE:
+    """The paper's InfoNCE bound over K uniform group elements (the identity is one of the K)."""
+
+    num_permutations: int
+    name: ClassVar[str] = "infonce"
+
+    def __post_init__(self):
+        _checks.positive_int(self.num_permutations, "num_permutations (K)")
+
+    def terms(self, rng_key, q, samples, group, *, chunk_size=None) -> Array:
+        return _infonce_terms(rng_key, q, samples, group, num_permutations=self.num_permutations,
+                              chunk_size=chunk_size)
+
+
+@dataclasses.dataclass(frozen=True)
+class Exact:
+    """log q(w_s) - log q^G(w_s) with q^G exact (the permanent, or enumeration of small groups)."""
+
+    name: ClassVar[str] = "exact"
+
+    def terms(self, rng_key, q, samples, group, *, chunk_size=None) -> Array:
+        return _exact_terms(rng_key, q, samples, group, num_permutations=None, chunk_size=chunk_size)
+
+
+@dataclasses.dataclass(frozen=True)
+class Importance:
+    """The importance-weighted bound with the Sinkhorn proposal (:func:`importance_terms`).
+
+    Fields: K, the proposal's tempering, its Sinkhorn iterations, and whether the gradient gets
+    the score-function correction that makes it unbiased for any proposal.
+    """
+
+    num_permutations: int
+    proposal_temperature: float = 1.0
+    num_iterations: int = proposals.SINKHORN_ITERATIONS
+    score_correction: bool = False
+    name: ClassVar[str] = "importance"
+
+    def __post_init__(self):
+        _checks.positive_int(self.num_permutations, "num_permutations (K)")
+        temperature = self.proposal_temperature
+        if isinstance(temperature, bool) or not isinstance(temperature, (int, float, np.integer, np.floating)) or not (
             np.isfinite(temperature) and temperature > 0
         ):
-            raise ValueError(f"temperature must be a finite number > 0, got {temperature!r}")
+            raise ValueError(f"proposal_temperature must be a finite number > 0, got {temperature!r}")
+        if not _checks.is_int(self.num_iterations) or self.num_iterations < 0:
+            raise ValueError(f"num_iterations (Sinkhorn) must be an int >= 0, got {self.num_iterations!r}")
+        if not isinstance(self.score_correction, bool):
+            raise ValueError(f"score_correction must be True or False, got {self.score_correction!r}")
+
+    def terms(self, rng_key, q, samples, group, *, chunk_size=None) -> Array:
+        return importance_terms(rng_key, q, samples, group, num_permutations=self.num_permutations,
+                                chunk_size=chunk_size, temperature=self.proposal_temperature,
+                                num_iterations=self.num_iterations, score_correction=self.score_correction)
 
 
-def _check_score_correction(estimator: str, score_correction) -> None:
+#: An estimator of I(g; w): a frozen, hashable value, validated when built.
+Estimator = Union[InfoNCE, Exact, Importance]
+
+
+def as_estimator(
+    estimator: Union[str, Estimator] = "infonce",
+    *,
+    num_permutations: Optional[int] = None,
+    temperature: Optional[float] = None,
+    score_correction: bool = False,
+    group: Optional[WeightSymmetry] = None,
+) -> Estimator:
+    """The estimator value for ``estimator``: returned as it is if it is one, else built from its name.
+
+    The one place where the string conveniences (``estimator="importance", num_permutations=K,
+    temperature=T``) become a value; everything downstream takes the value. With a value, the
+    conveniences must be left unset (they are its fields). ``group``, if given, checks that
+    ``num_permutations`` for ``"exact"`` is None or |G|.
+    """
+    if isinstance(estimator, (InfoNCE, Exact, Importance)):
+        if num_permutations is not None or temperature is not None or score_correction is not False:
+            raise ValueError(
+                f"estimator={estimator!r} is a value: set num_permutations, the temperature and "
+                "score_correction as its fields, not as separate arguments"
+            )
+        return estimator
+    if not isinstance(estimator, str) or estimator not in ESTIMATORS:
+        raise ValueError(f"estimator must be one of {sorted(ESTIMATORS)} or an orbits.InfoNCE / Exact / Importance "
+                         f"value, got {estimator!r}")
+    if temperature is not None and estimator not in TEMPERED_ESTIMATORS:
+        raise ValueError(f"temperature only applies to estimator in {TEMPERED_ESTIMATORS}, got estimator={estimator!r}")
     if not isinstance(score_correction, bool):
         raise ValueError(f"score_correction must be True or False, got {score_correction!r}")
     if score_correction and estimator != "importance":
         raise ValueError(f"score_correction applies to estimator='importance' only, got estimator={estimator!r}")
+    if estimator == "infonce":
+        return InfoNCE(num_permutations)
+    if estimator == "importance":
+        return Importance(num_permutations, 1.0 if temperature is None else temperature,
+                          score_correction=score_correction)
+    order = None if group is None else as_symmetry(group).order()
+    if order is not None and num_permutations is not None and num_permutations != order:
+        raise ValueError(
+            f"estimator='exact' sums over all |G| = {order} elements; num_permutations must be None "
+            f"(or {order}), got {num_permutations}"
+        )
+    return Exact()
 
 
 def mutual_information_terms(
@@ -349,29 +436,24 @@ def mutual_information_terms(
     samples: ArrayTree,
     group: WeightSymmetry,
     *,
-    num_permutations: Optional[int],
-    estimator: str = "infonce",
+    num_permutations: Optional[int] = None,
+    estimator: Union[str, Estimator] = "infonce",
     chunk_size: Optional[int] = None,
     temperature: Optional[float] = None,
     score_correction: bool = False,
 ) -> Array:
     """Per-sample terms t_s (see the module docstring) for weight samples with a leading axis S.
 
-    The objectives call this with the same samples they use for the likelihood. ``temperature``
-    is the proposal's tempering for ``"importance"`` (None: its default, 1);
-    ``score_correction`` adds the score-function term to its gradient (``importance_terms``).
+    The objectives call this with the same samples they use for the likelihood. ``estimator`` is
+    a value (``InfoNCE(K)``, ``Exact()``, ``Importance(K, ...)``) or a name with
+    ``num_permutations``, ``temperature`` and ``score_correction`` (see :func:`as_estimator`).
     """
-    _check_estimator(estimator, num_permutations, temperature)
     as_symmetry(group)
-    _check_score_correction(estimator, score_correction)
+    estimator = as_estimator(estimator, num_permutations=num_permutations, temperature=temperature,
+                             score_correction=score_correction, group=group)
     if not group.factors:  # nothing to permute: G is trivial and I(g; w) = 0
         return jnp.zeros(jax.tree.leaves(samples)[0].shape[:1])
-    extra = {} if temperature is None else {"temperature": temperature}
-    if score_correction:
-        extra["score_correction"] = True
-    return ESTIMATORS[estimator](
-        rng_key, q, samples, group, num_permutations=num_permutations, chunk_size=chunk_size, **extra
-    )
+    return estimator.terms(rng_key, q, samples, group, chunk_size=chunk_size)
 
 
 def mutual_information(
@@ -381,7 +463,7 @@ def mutual_information(
     *,
     num_samples: int,
     num_permutations: Optional[int] = None,
-    estimator: str = "infonce",
+    estimator: Union[str, Estimator] = "infonce",
     chunk_size: Optional[int] = None,
     temperature: Optional[float] = None,
     score_correction: bool = False,
@@ -394,21 +476,18 @@ def mutual_information(
       group: the permutation group of the network.
       num_samples: S, weight samples w_s ~ q.
       num_permutations: K (the identity counts as one of them) for ``"infonce"`` and
-        ``"importance"``; must be None for ``"exact"``.
-      estimator: one of ``ESTIMATORS``.
+        ``"importance"``; must be None for ``"exact"`` and for an estimator value.
+      estimator: an estimator value (``InfoNCE(K)``, ``Exact()``, ``Importance(K, ...)``) or one
+        of the names in ``ESTIMATORS`` (built into a value by :func:`as_estimator`).
       chunk_size: chunk size for ``lax.map`` over group elements; None vmaps all at once.
       temperature: the proposal's tempering, ``"importance"`` only (None: 1).
       score_correction: ``"importance"`` only: make the gradient unbiased for any proposal
         (``importance_terms``).
     """
-    if not isinstance(num_samples, (int, np.integer)) or num_samples < 1:
-        raise ValueError(f"num_samples (S) must be a positive int, got {num_samples!r}")
-    _check_estimator(estimator, num_permutations, temperature)
-    _check_score_correction(estimator, score_correction)
+    _checks.positive_int(num_samples, "num_samples (S)")
+    estimator = as_estimator(estimator, num_permutations=num_permutations, temperature=temperature,
+                             score_correction=score_correction, group=group)
     key_sample, key_perm = jax.random.split(rng_key)
     samples = meanfield.sample(key_sample, q, num_samples)
-    terms = mutual_information_terms(
-        key_perm, q, samples, group, num_permutations=num_permutations, estimator=estimator, chunk_size=chunk_size,
-        temperature=temperature, score_correction=score_correction,
-    )
+    terms = mutual_information_terms(key_perm, q, samples, group, estimator=estimator, chunk_size=chunk_size)
     return jnp.mean(terms)

@@ -48,6 +48,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from symvi_jax import _checks
 from symvi_jax import meanfield, units
 from symvi_jax.meanfield import MeanFieldState
 from symvi_jax.symmetry import PermutationGroup, WeightSymmetry, leaf_paths
@@ -70,7 +71,7 @@ _HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
 
 
 def _check_layer(group: WeightSymmetry, layer: int) -> None:
-    if not isinstance(layer, (int, np.integer)) or not 0 <= layer < len(group.factors):
+    if not _checks.is_int(layer) or not 0 <= layer < len(group.factors):
         raise ValueError(f"layer must be a factor index in [0, {len(group.factors)}), got {layer!r}")
 
 

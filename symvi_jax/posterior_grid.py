@@ -34,6 +34,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from symvi_jax import _checks
 from symvi_jax.orbits import map_over
 from symvi_jax.types import Array, ArrayLike, PRNGKey
 
@@ -78,7 +79,7 @@ class GridPosterior(NamedTuple):
 
 
 def _check_num_points(num_points, name="num_points") -> None:
-    if not isinstance(num_points, (int, np.integer)) or isinstance(num_points, bool) or num_points < 2:
+    if not _checks.is_int(num_points) or num_points < 2:
         raise ValueError(f"{name} must be an int >= 2, got {num_points!r}")
 
 
@@ -197,8 +198,7 @@ def sample(rng_key: PRNGKey, posterior: GridPosterior, num_samples: int) -> Arra
 
     Returns an array of shape (num_samples, 2).
     """
-    if not isinstance(num_samples, (int, np.integer)) or num_samples < 1:
-        raise ValueError(f"num_samples must be a positive int, got {num_samples!r}")
+    _checks.positive_int(num_samples, "num_samples")
     key_cell, key_jitter = jax.random.split(rng_key)
     # Inverse CDF (``jax.random.categorical`` would build a num_samples x num_cells Gumbel array).
     cdf = jnp.cumsum(jnp.exp(log_cell_masses(posterior)).reshape(-1))
@@ -213,7 +213,7 @@ def sample(rng_key: PRNGKey, posterior: GridPosterior, num_samples: int) -> Arra
 
 def _check_factor(posterior: GridPosterior, factor: int) -> None:
     nx, ny = posterior.log_density.shape
-    if not isinstance(factor, (int, np.integer)) or factor < 1 or nx % factor or ny % factor:
+    if not _checks.is_int(factor) or factor < 1 or nx % factor or ny % factor:
         raise ValueError(f"factor must be a positive int dividing the grid shape {(nx, ny)}, got {factor!r}")
 
 

@@ -45,6 +45,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from symvi_jax import _checks
 from symvi_jax import units
 from symvi_jax.meanfield import MeanFieldState
 from symvi_jax.symmetry import WeightSymmetry, as_symmetry, leaf_paths
@@ -73,7 +74,7 @@ def _check_config(temperature, num_iterations) -> None:
         math.isfinite(temperature) and temperature > 0
     ):
         raise ValueError(f"temperature must be a finite number > 0, got {temperature!r}")
-    if isinstance(num_iterations, bool) or not isinstance(num_iterations, (int, np.integer)) or num_iterations < 0:
+    if not _checks.is_int(num_iterations) or num_iterations < 0:
         raise ValueError(f"num_iterations (Sinkhorn) must be an int >= 0, got {num_iterations!r}")
 
 
@@ -238,8 +239,7 @@ def sample(
     """
     _check_one_sample(group, params)
     _check_config(temperature, num_iterations)
-    if isinstance(num_samples, bool) or not isinstance(num_samples, (int, np.integer)) or num_samples < 1:
-        raise ValueError(f"num_samples must be a positive int, got {num_samples!r}")
+    _checks.positive_int(num_samples, "num_samples")
 
     def one(key):
         keys = jax.random.split(key, len(group.factors))

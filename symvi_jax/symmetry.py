@@ -43,6 +43,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from symvi_jax import _checks
 from symvi_jax import nets
 from symvi_jax.types import Array, ArrayTree, Permutation, PRNGKey
 
@@ -73,11 +74,10 @@ class Factor:
     def __post_init__(self):
         if not isinstance(self.name, str) or not self.name:
             raise ValueError(f"factor name must be a non-empty string, got {self.name!r}")
-        if not _is_int(self.size) or self.size < 1:
-            raise ValueError(f"factor {self.name!r}: size must be a positive int, got {self.size!r}")
+        _checks.positive_int(self.size, f"factor {self.name!r}: size")
         members = tuple(Member(*m) for m in self.members)
         for m in members:
-            if not isinstance(m.path, str) or not _is_int(m.axis) or not _is_int(m.inner) or m.inner < 1:
+            if not isinstance(m.path, str) or not _checks.is_int(m.axis) or not _checks.is_int(m.inner) or m.inner < 1:
                 raise ValueError(f"factor {self.name!r}: a member must be (leaf_path: str, axis: int, inner: int >= 1), got {m!r}")
         if len(set(members)) != len(members):
             raise ValueError(f"factor {self.name!r} lists a member twice: {members}")
@@ -93,10 +93,6 @@ class Factor:
 
     def log_order(self) -> float:
         return math.lgamma(self.size + 1) + (self.size * math.log(2.0) if self.sign_flips else 0.0)
-
-
-def _is_int(x) -> bool:
-    return isinstance(x, (int, np.integer)) and not isinstance(x, (bool, np.bool_))
 
 
 def _key_name(entry) -> str:
@@ -295,7 +291,7 @@ class WeightSymmetry:
 
     def sample(self, rng_key: PRNGKey, num: Optional[int] = None) -> Permutation:
         """A uniform element, or ``num`` i.i.d. uniform elements stacked on a leading axis."""
-        if num is not None and (not _is_int(num) or num < 1):
+        if num is not None and (not _checks.is_int(num) or num < 1):
             raise ValueError(f"num must be None or a positive int, got {num!r}")
         keys = jax.random.split(rng_key, max(2 * len(self.factors), 1))
         out = []
@@ -467,8 +463,7 @@ class WeightSymmetry:
         """
         if not callable(apply_fn):
             raise ValueError(f"apply_fn must be callable (params, inputs) -> outputs, got {type(apply_fn).__name__}")
-        if not _is_int(num_elements) or num_elements < 1:
-            raise ValueError(f"num_elements must be a positive int, got {num_elements!r}")
+        _checks.positive_int(num_elements, "num_elements")
         self.check_shapes(params, allow_missing=True)  # a trainable subset leaves held-out leaves in place
         rng_key = jax.random.key(0) if rng_key is None else rng_key
         rng = np.random.default_rng(np.asarray(jax.random.randint(rng_key, (), 0, 2**31 - 1)).item())
@@ -505,7 +500,7 @@ def _leaf_shape(params, path: str, factor: str) -> tuple:
 
 
 def _normalise_axis(axis, ndim: int, factor: str, path: str) -> int:
-    if not _is_int(axis) or not -ndim <= axis < ndim:
+    if not _checks.is_int(axis) or not -ndim <= axis < ndim:
         raise ValueError(f"factor {factor!r}: leaf {path!r} has {ndim} axes, axis {axis!r} is out of range")
     return int(axis) % ndim
 
@@ -617,7 +612,7 @@ class PermutationGroup(WeightSymmetry):
 
     def __post_init__(self):
         widths, names = self.widths, self.layer_names
-        if not isinstance(widths, (tuple, list)) or not all(_is_int(d) for d in widths):
+        if not isinstance(widths, (tuple, list)) or not all(_checks.is_int(d) for d in widths):
             raise ValueError(f"widths must be a tuple of positive ints, got {widths!r}")
         if any(d < 1 for d in widths):
             raise ValueError(f"widths must be positive, got {tuple(widths)}")

@@ -1,4 +1,4 @@
-"""Mean-field and symmetrized variational inference: ``build -> (init, step, sample)`` and ``fit``.
+"""Mean-field and symmetrized variational inference: ``build -> (init, step, sample)`` and ``run``.
 
 One step takes reparameterised gradients of an objective from ``objectives`` (the ELBO L, or the
 symmetrized L^K of Gelberg et al., 2024) and applies an optax update to the variational
@@ -28,17 +28,13 @@ Example:
 from __future__ import annotations
 
 import functools
-import hashlib
-import json
-import os
-from typing import Any, Callable, Mapping, NamedTuple, Optional, Protocol, Union
+from typing import Any, Callable, NamedTuple, Optional, Protocol, Union
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 
-from symvi_jax import meanfield, objectives, orbits
+from symvi_jax import _checks, meanfield, objectives, orbits
 from symvi_jax.meanfield import MeanFieldState
 from symvi_jax.symmetry import PermutationGroup, WeightSymmetry, as_symmetry, check_held_out
 from symvi_jax.types import Array, ArrayTree, PRNGKey
@@ -114,10 +110,6 @@ class VIAlgorithm(NamedTuple):
     group: Optional[WeightSymmetry] = None
 
 
-class NonFiniteError(FloatingPointError):
-    """Raised by :func:`fit` when the objective or its gradient stops being finite."""
-
-
 ObjectiveFn = Callable[[PRNGKey, MeanFieldState, Any], tuple[Array, objectives.ObjectiveInfo]]
 
 
@@ -130,7 +122,7 @@ def build(
     group: Optional[WeightSymmetry] = None,
     num_samples: int = 1,
     num_permutations: Optional[int] = None,
-    estimator: str = "infonce",
+    estimator: Union[str, orbits.Estimator] = "infonce",
     prior_scale: Union[float, ArrayTree] = 1.0,
     init_scale: float = 1e-2,
     chunk_size: Optional[int] = None,
@@ -156,8 +148,12 @@ def build(
         ``PermutationGroup.from_params``), for the symmetrized objective. Take it from the full
         params; ``init`` checks it against the shapes of the params it is given.
       num_samples: S, weight samples per step.
-      num_permutations: K for the ``"infonce"`` estimator (the identity is one of the K).
-      estimator: a name in ``orbits.ESTIMATORS``.
+      estimator: the estimator of I(g; w) for the symmetrized objective: a value
+        (``orbits.InfoNCE(K)``, ``orbits.Exact()``, ``orbits.Importance(K, proposal_temperature=...,
+        score_correction=...)``), or a name in ``orbits.ESTIMATORS`` with ``num_permutations``,
+        ``proposal_temperature`` and ``score_correction`` as conveniences (``orbits.as_estimator``
+        builds the value once).
+      num_permutations: K for a named ``"infonce"`` or ``"importance"`` (the identity is one of the K).
       prior_scale: s of the isotropic N(0, s^2 I) prior.
       init_scale: initial sigma of every weight. The default 1e-2 starts q close to a
         deterministic network, as is usual for Bayes-by-backprop-style BNNs; the paper leaves it
@@ -189,45 +185,14 @@ def build(
         raise ValueError(f"loglikelihood_fn must be callable (params, batch) -> Array[M], got {type(loglikelihood_fn).__name__}")
     if not hasattr(optimizer, "init") or not hasattr(optimizer, "update"):
         raise ValueError(f"optimizer must be an optax GradientTransformation, got {type(optimizer).__name__}")
-    if callable(objective):
-        if kl_weight != 1.0 or likelihood_temperature != 1.0:
-            raise ValueError("kl_weight and likelihood_temperature apply to objective='elbo' or 'symmetrized_elbo'; "
-                             "a callable objective weighs its own terms")
-        objective_fn = objective
-    elif objective == "elbo":
-        if group is not None or num_permutations is not None:
-            raise ValueError("objective='elbo' takes no group or num_permutations; use objective='symmetrized_elbo'")
-        objective_fn = functools.partial(
-            objectives.elbo,
-            loglikelihood_fn=loglikelihood_fn,
-            data_size=data_size,
-            prior_scale=prior_scale,
-            num_samples=num_samples,
-            **tempering,
-        )
-    elif objective == "symmetrized_elbo":
-        if group is None:
-            raise ValueError("objective='symmetrized_elbo' needs group= (infer_symmetry(apply_fn, params, x) or "
-                             "PermutationGroup.from_params(params))")
-        objective_fn = functools.partial(
-            objectives.symmetrized_elbo,
-            loglikelihood_fn=loglikelihood_fn,
-            group=group,
-            data_size=data_size,
-            prior_scale=prior_scale,
-            num_samples=num_samples,
-            num_permutations=num_permutations,
-            estimator=estimator,
-            chunk_size=chunk_size,
-            proposal_temperature=proposal_temperature,
-            **tempering,
-            score_correction=score_correction,
-        )
-    else:
-        raise ValueError(f"objective must be 'elbo', 'symmetrized_elbo' or a callable, got {objective!r}")
+    objective_fn = _objective_fn(objective, loglikelihood_fn, group=group, data_size=data_size,
+                                 prior_scale=prior_scale, num_samples=num_samples, num_permutations=num_permutations,
+                                 estimator=estimator, chunk_size=chunk_size,
+                                 proposal_temperature=proposal_temperature, score_correction=score_correction,
+                                 tempering=tempering)
     # Validate the configuration eagerly, before anything is traced.
-    _check_config(objective, data_size, num_samples, num_permutations, estimator, prior_scale, init_scale, group,
-                  chunk_size, proposal_temperature, score_correction)
+    _check_config(objective, data_size, num_samples, prior_scale, init_scale, group, chunk_size, proposal_temperature,
+                  score_correction)
     for name, flag in (("skip_nonfinite", skip_nonfinite), ("track_grad_norm", track_grad_norm)):
         if not isinstance(flag, bool):
             raise ValueError(f"{name} must be True or False, got {flag!r}")
@@ -248,14 +213,53 @@ def build(
                        group if objective == "symmetrized_elbo" else None)
 
 
-def _check_config(objective, data_size, num_samples, num_permutations, estimator, prior_scale, init_scale, group,
-                  chunk_size, temperature=None, score_correction=False):
-    objectives._check_positive_int(data_size, "data_size")
-    objectives._check_positive_int(num_samples, "num_samples")
-    meanfield._check_positive(prior_scale, "prior_scale")
-    meanfield._check_positive(init_scale, "init_scale")
+def _objective_fn(objective, loglikelihood_fn, *, group, data_size, prior_scale, num_samples, num_permutations,
+                  estimator, chunk_size, proposal_temperature, score_correction, tempering) -> ObjectiveFn:
+    """The ``(rng_key, q, batch) -> (value, info)`` that :func:`build` differentiates, its settings bound."""
+    if callable(objective):
+        if tempering["kl_weight"] != 1.0 or tempering["likelihood_temperature"] != 1.0:
+            raise ValueError("kl_weight and likelihood_temperature apply to objective='elbo' or 'symmetrized_elbo'; "
+                             "a callable objective weighs its own terms")
+        return objective
+    if objective == "elbo":
+        if group is not None or num_permutations is not None:
+            raise ValueError("objective='elbo' takes no group or num_permutations; use objective='symmetrized_elbo'")
+        return functools.partial(
+            objectives.elbo,
+            loglikelihood_fn=loglikelihood_fn,
+            data_size=data_size,
+            prior_scale=prior_scale,
+            num_samples=num_samples,
+            **tempering,
+        )
+    if objective == "symmetrized_elbo":
+        if group is None:
+            raise ValueError("objective='symmetrized_elbo' needs group= (infer_symmetry(apply_fn, params, x) or "
+                             "PermutationGroup.from_params(params))")
+        return functools.partial(
+            objectives.symmetrized_elbo,
+            loglikelihood_fn=loglikelihood_fn,
+            group=group,
+            data_size=data_size,
+            prior_scale=prior_scale,
+            num_samples=num_samples,
+            estimator=orbits.as_estimator(estimator, num_permutations=num_permutations,
+                                          temperature=proposal_temperature, score_correction=score_correction,
+                                          group=group),
+            chunk_size=chunk_size,
+            **tempering,
+        )
+    raise ValueError(f"objective must be 'elbo', 'symmetrized_elbo' or a callable, got {objective!r}")
+
+
+def _check_config(objective, data_size, num_samples, prior_scale, init_scale, group, chunk_size, temperature=None,
+                  score_correction=False):
+    _checks.positive_int(data_size, "data_size")
+    _checks.positive_int(num_samples, "num_samples")
+    _checks.positive(prior_scale, "prior_scale")
+    _checks.positive(init_scale, "init_scale")
     if chunk_size is not None:
-        objectives._check_positive_int(chunk_size, "chunk_size")
+        _checks.positive_int(chunk_size, "chunk_size")
     if objective == "symmetrized_elbo":
         as_symmetry(group)
         if group.order() == 1:
@@ -263,13 +267,6 @@ def _check_config(objective, data_size, num_samples, num_permutations, estimator
                 "group is trivial (|G| = 1): there is nothing to symmetrize, and L^G = L. If it came from "
                 "PermutationGroup.from_params on a partitioned tree, take it from the full params (and pass the "
                 "held-out leaves as frozen=); use objective='elbo' for a network without symmetry"
-            )
-        orbits._check_estimator(estimator, num_permutations, temperature)
-        orbits._check_score_correction(estimator, score_correction)
-        if estimator == "exact" and num_permutations is not None and num_permutations != group.order():
-            raise ValueError(
-                f"estimator='exact' sums over all |G| = {group.order()} elements; num_permutations must be "
-                f"None (or {group.order()}), got {num_permutations}"
             )
         objectives.check_prior_invariant(group, prior_scale)
     elif temperature is not None:
@@ -314,18 +311,20 @@ def step(
         grad_norm = jnp.full((), jnp.nan, dtype=info.objective.dtype)
     if skip_nonfinite:
         # a non-finite gradient makes the optax update, hence the parameters, non-finite too
-        finite = jnp.isfinite(info.objective) & _all_finite(params)
+        finite = jnp.isfinite(info.objective) & _checks.all_finite(params)
         new_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), new_state, state)
         skipped = ~finite
     else:
         skipped = jnp.zeros((), dtype=bool)
-    return new_state, VIInfo(*info, grad_norm=grad_norm, skipped=skipped)
-
-
-def _all_finite(tree: ArrayTree) -> Array:
-    """True if every inexact leaf of ``tree`` is finite (a scalar bool)."""
-    checks = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree) if jnp.issubdtype(jnp.result_type(x), jnp.inexact)]
-    return jnp.all(jnp.stack(checks)) if checks else jnp.asarray(True)
+    return new_state, VIInfo(
+        objective=info.objective,
+        expected_loglikelihood=info.expected_loglikelihood,
+        kl=info.kl,
+        mutual_information=info.mutual_information,
+        log_group_order=info.log_group_order,
+        grad_norm=grad_norm,
+        skipped=skipped,
+    )
 
 
 def sample(rng_key: PRNGKey, state: VIState, num_samples: int) -> ArrayTree:
@@ -344,7 +343,7 @@ def run(
 ) -> tuple[VIState, VIInfo]:
     """``num_epochs`` passes over ``data`` in shuffled minibatches: a pure ``lax.scan``, no host work.
 
-    The key schedule is :func:`fit`'s: epoch e uses ``key_e = fold_in(rng_key, e)``, its
+    The key schedule is :func:`fit`'s (``symvi_jax.training``): epoch e uses ``key_e = fold_in(rng_key, e)``, its
     data order is ``permutation(split(key_e)[0], N)`` (the last incomplete minibatch is dropped)
     and step i of the epoch uses ``split(split(key_e)[1], N // batch_size)[i]``. It is not jitted:
     jit it, or ``jax.jit(jax.vmap(...))`` it over seeds, at the outermost scope. Use :func:`fit`
@@ -353,8 +352,8 @@ def run(
     Returns:
       The final state and the per-step ``VIInfo`` stacked to shape ``(num_epochs, N // batch_size)``.
     """
-    objectives._check_positive_int(num_epochs, "num_epochs")
-    objectives._check_positive_int(batch_size, "batch_size")
+    _checks.positive_int(num_epochs, "num_epochs")
+    _checks.positive_int(batch_size, "batch_size")
     size = jax.tree.leaves(data)[0].shape[0]
     if batch_size > size:
         raise ValueError(f"batch_size ({batch_size}) must not exceed the number of examples ({size})")
@@ -375,381 +374,6 @@ def run(
     return jax.lax.scan(epoch, state, epoch_keys)
 
 
-def fit(
-    rng_key: PRNGKey,
-    algorithm: VIAlgorithm,
-    state: VIState,
-    data: tuple,
-    *,
-    num_epochs: int,
-    batch_size: int,
-    progress_bar: bool = True,
-    checkpoint_dir: Optional[Union[str, os.PathLike]] = None,
-    checkpoint_every: Optional[int] = None,
-    resume: bool = False,
-    checkpoint_metadata: Optional[Mapping[str, Any]] = None,
-    allow_data_size_mismatch: bool = False,
-) -> tuple[VIState, VIInfo]:
-    """Train for ``num_epochs`` passes over ``data`` in shuffled minibatches, optionally checkpointed.
-
-    Randomness is a pure function of ``rng_key``: epoch e uses ``key_e = fold_in(rng_key, e)``,
-    its data order is ``permutation(split(key_e)[0], N)`` (the last incomplete minibatch is
-    dropped, so every step has the same shapes) and step i of the epoch uses
-    ``split(split(key_e)[1], N // batch_size)[i]``. Epoch e does not depend on ``num_epochs``, so
-    the first E epochs of a longer run are exactly an E-epoch run. The steps run inside one
-    jit-compiled ``lax.while_loop`` over a range of steps of an epoch, with the data resident on
-    the device; it is compiled once and reused for every epoch, every range and every
-    ``num_epochs``. This helper jits internally.
-
-    Checks before training (nothing is compiled or written when one fails):
-
-    * ``data_size``: the algorithm scales each minibatch sum by N / M with the N given to
-      :func:`build`; if N differs from ``len(data)`` the likelihood is silently over- or
-      under-weighted against the KL (N = 60000 on 400 points weights it 150x). This is refused
-      unless ``allow_data_size_mismatch=True``, which is meant for a deliberate mismatch, e.g.
-      ``data`` is one shard of a larger training set of size N, or an intended reweighting (a
-      likelihood temperature says that more plainly).
-    * The likelihood's own ``check_batch(params, data)``, when it has one (every builder in
-      ``symvi_jax.likelihoods`` does), on the whole data set with the mean of q: labels outside the
-      network's classes would give a NaN or a wrong objective under jit, not an error.
-
-    Checkpoints: with ``checkpoint_dir`` the state, the key, the number of steps done and the
-    history so far are saved (``symvi_jax.checkpoint``, atomic) every ``checkpoint_every`` steps
-    (default: once per epoch, also mid-epoch if it does not divide the epoch) and after the last
-    step. ``resume=True`` continues from the latest checkpoint there: since the data order and
-    the step keys depend only on ``(rng_key, epoch)``, the resumed run executes exactly the steps
-    the uninterrupted run would have, and the final state and history are bitwise identical on
-    the same machine (``tests/test_checkpoint.py``). A finished run is returned without training,
-    so a sweep that re-runs every configuration with ``resume=True`` skips the finished ones.
-    Resuming with a larger ``num_epochs`` extends the run (a finished one included): the result
-    is bitwise the run that had asked for that many epochs from the start. A smaller
-    ``num_epochs`` is accepted while the checkpoint has not passed it.
-
-    Args:
-      rng_key: randomness for shuffling and for every step.
-      algorithm: from :func:`build`.
-      state: from ``algorithm.init``. When resuming, only its structure, shapes and dtypes are
-        used (as the template the checkpoint is read into).
-      data: ``(inputs, targets)`` arrays with the same leading size N (numeric, finite).
-      num_epochs, batch_size: positive ints, ``batch_size <= N``.
-      progress_bar: show a tqdm bar over epochs.
-      checkpoint_dir: folder for the checkpoints of this run (one run per folder).
-      checkpoint_every: save every this many steps (a positive int; needs ``checkpoint_dir``).
-      resume: continue from the latest checkpoint in ``checkpoint_dir`` if there is one. If it
-        holds checkpoints and ``resume`` is False, fit refuses to start rather than mix two runs.
-        (The CLI's ``--resume`` sets it.)
-      checkpoint_metadata: a JSON-serialisable dict saved with every checkpoint (e.g. the
-        experiment's config); resuming with a different one is refused.
-      allow_data_size_mismatch: accept ``algorithm.data_size != len(data)`` (see above).
-
-    Returns:
-      The final state and the per-step ``VIInfo`` stacked to shape ``(num_epochs, N // batch_size)``.
-
-    Raises:
-      NonFiniteError: naming the first step whose objective, gradient or updated parameters were
-        not finite (unless the algorithm was built with ``skip_nonfinite=True``, which skips and
-        counts such steps in ``info.skipped``). Training stops there; ``err.state`` is the state
-        before that step, ``err.step`` its number (0-based, counted over all epochs).
-      ValueError: on bad arguments or data (a ``data_size`` other than ``len(data)``, labels the
-        likelihood rejects), or a checkpoint that belongs to another run (a different key, data,
-        batch size or ``checkpoint_metadata``, or one already past ``num_epochs``).
-    """
-    objectives._check_positive_int(num_epochs, "num_epochs")
-    objectives._check_positive_int(batch_size, "batch_size")
-    if not isinstance(progress_bar, bool):
-        raise ValueError(f"progress_bar must be True or False, got {progress_bar!r}")
-    if not isinstance(algorithm, VIAlgorithm):
-        raise ValueError(f"algorithm must be a VIAlgorithm from vi.build, got {type(algorithm).__name__}")
-    _check_key(rng_key)
-    size = _check_data(data)
-    if batch_size > size:
-        raise ValueError(f"batch_size ({batch_size}) must not exceed the number of examples ({size})")
-    num_batches = size // batch_size
-    total_steps = num_epochs * num_batches
-    if checkpoint_dir is None:
-        for name, value in (("checkpoint_every", checkpoint_every), ("checkpoint_metadata", checkpoint_metadata)):
-            if value is not None:
-                raise ValueError(f"{name} needs checkpoint_dir")
-        if resume:
-            raise ValueError("resume=True needs checkpoint_dir")
-    else:
-        if checkpoint_every is None:
-            checkpoint_every = num_batches
-        objectives._check_positive_int(checkpoint_every, "checkpoint_every")
-        if not isinstance(resume, bool):
-            raise ValueError(f"resume must be True or False, got {resume!r}")
-        if checkpoint_metadata is not None and not isinstance(checkpoint_metadata, Mapping):
-            raise ValueError(f"checkpoint_metadata must be a dict, got {type(checkpoint_metadata).__name__}")
-        checkpoint_metadata = _jsonable(checkpoint_metadata, "checkpoint_metadata")
-    if not isinstance(allow_data_size_mismatch, bool):
-        raise ValueError(f"allow_data_size_mismatch must be True or False, got {allow_data_size_mismatch!r}")
-    if not allow_data_size_mismatch:
-        _check_data_size(algorithm.data_size, size, batch_size)
-    data = jax.tree.map(jnp.asarray, data)
-    _check_likelihood_data(algorithm.loglikelihood_fn, state, data)
-    _check_group_invariance(algorithm, state, data)
-    # Abstract evaluation on the whole data set: shape checks, and label-range checks on the
-    # concrete (closed-over) targets, without computing anything. Its info shapes size the history.
-    _, info_shapes = jax.eval_shape(lambda s: algorithm.step(rng_key, s, data), state)
-    history = jax.tree.map(lambda s: np.zeros((num_epochs, num_batches) + s.shape, s.dtype), info_shapes)
-
-    # The per-epoch buffer for the info of each step, filled in by _run_steps.
-    info_buffer = jax.tree.map(lambda s: np.zeros((num_batches,) + s.shape, s.dtype), info_shapes)
-    run_steps = functools.partial(_run_steps, algorithm, batch_size)
-
-    done = 0
-    checkpointer = None
-    fit_record = None
-    try:
-        if checkpoint_dir is not None:
-            from symvi_jax import checkpoint
-
-            checkpointer = checkpoint.Checkpointer(checkpoint_dir)
-            fit_record = {
-                "num_epochs": num_epochs,
-                "batch_size": batch_size,
-                "num_examples": size,
-                "steps_per_epoch": num_batches,
-                "total_steps": total_steps,
-                "data_sha256": _data_digest(data),
-                "epoch_keys": _EPOCH_KEYS,
-            }
-            config = checkpoint_metadata
-            latest = checkpointer.latest_step()
-            if latest is not None:
-                if not resume:
-                    raise ValueError(
-                        f"checkpoint_dir {checkpoint_dir} already holds checkpoints (latest step {latest}); "
-                        "pass resume=True (CLI: --resume) to continue or extend that run, or use an empty "
-                        "directory (CLI: another --out)"
-                    )
-                state, history, done = _resume(checkpointer, state, history, rng_key, fit_record, config)
-
-        bar = None
-        if progress_bar:
-            from tqdm.auto import tqdm
-
-            bar = tqdm(total=num_epochs, initial=done // num_batches, desc="fit", unit="epoch")
-        try:
-            while done < total_steps:
-                epoch, start = divmod(done, num_batches)
-                stop = num_batches
-                if checkpointer is not None:
-                    stop = min(stop, start + checkpoint_every - done % checkpoint_every)
-                state, bad_step, infos = run_steps(state, rng_key, data, info_buffer, start, stop, epoch)
-                infos = jax.device_get(infos)
-                for buffer, values in zip(jax.tree.leaves(history), jax.tree.leaves(infos)):
-                    buffer[epoch, start:stop] = values[start:stop]
-                bad_step = int(bad_step)
-                if bad_step >= 0:
-                    error = NonFiniteError(
-                        f"the objective, its gradient or the updated parameters became non-finite at step "
-                        f"{bad_step} (epoch {epoch}); the last finite state is attached as err.state "
-                        "(build(..., skip_nonfinite=True) skips such steps instead)"
-                    )
-                    error.state = state
-                    error.step = bad_step
-                    raise error
-                done = epoch * num_batches + stop
-                if checkpointer is not None and (done % checkpoint_every == 0 or done == total_steps):
-                    checkpointer.save(checkpoint.TrainingCheckpoint(
-                        state, rng_key, done, history, {"fit": fit_record, "config": config}
-                    ))
-                if bar is not None and stop == num_batches:
-                    bar.update(1)
-                    bar.set_postfix(objective=f"{float(np.mean(history.objective[epoch])):.4g}",
-                                    skipped=int(np.sum(history.skipped[: epoch + 1])) if hasattr(history, "skipped") else 0)
-        finally:
-            if bar is not None:
-                bar.close()
-    finally:
-        if checkpointer is not None:
-            checkpointer.close()
-    return state, jax.tree.map(jnp.asarray, history)
-
-
-_all_finite_jit = jax.jit(lambda x: _all_finite(x))
-
-
-#: How epoch keys derive from fit's rng_key; recorded in checkpoints, since runs saved with
-#: another rule (``split(rng_key, num_epochs)[e]`` before extending runs was possible) differ.
-_EPOCH_KEYS = "fold_in(rng_key, epoch)"
-
-
-@functools.partial(jax.jit, static_argnums=(0, 1))
-def _run_steps(algorithm, batch_size, state, rng_key, data, infos, start, stop, epoch):
-    """Steps ``start .. stop - 1`` of epoch ``epoch`` (see :func:`fit`), stopping at the first non-finite one.
-
-    Compiled once per (algorithm, batch_size, shapes), reused for every epoch, range and run length.
-    """
-    size = jax.tree.leaves(data)[0].shape[0]
-    num_batches = size // batch_size
-    epoch_key = jax.random.fold_in(rng_key, epoch)
-    key_order, key_steps = jax.random.split(epoch_key)
-    order = jax.random.permutation(key_order, size)[: num_batches * batch_size].reshape(num_batches, batch_size)
-    step_keys = jax.random.split(key_steps, num_batches)
-
-    def cond(carry):
-        index, _, bad_step, _ = carry
-        return (index < stop) & (bad_step < 0)
-
-    def body(carry):
-        index, state, bad_step, infos = carry
-        batch = jax.tree.map(lambda x: jnp.take(x, order[index], axis=0), data)
-        new_state, info = algorithm.step(step_keys[index], state, batch)
-        finite = jnp.isfinite(info.objective) & _all_finite(new_state.params)
-        finite = finite | jnp.asarray(getattr(info, "skipped", False))  # a skipped step kept the old state
-        state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), new_state, state)
-        bad_step = jnp.where(finite, bad_step, epoch * num_batches + index)
-        infos = jax.tree.map(lambda buffer, x: buffer.at[index].set(x), infos, info)
-        return index + 1, state, bad_step, infos
-
-    carry = (jnp.asarray(start), state, jnp.asarray(-1), infos)
-    _, state, bad_step, infos = jax.lax.while_loop(cond, body, carry)
-    return state, bad_step, infos
-
-
-def _check_key(rng_key) -> None:
-    dtype = getattr(rng_key, "dtype", None)
-    if dtype is not None and jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key) and jnp.ndim(rng_key) == 0:
-        return
-    if dtype == jnp.uint32 and jnp.shape(rng_key) == (2,):
-        return
-    raise ValueError(
-        f"rng_key must be a single key from jax.random.key (or a legacy uint32[2] key), got "
-        f"{type(rng_key).__name__} with shape {jnp.shape(rng_key) if dtype is not None else '?'} and dtype {dtype}"
-    )
-
-
-def _check_data(data) -> int:
-    """Validate ``data`` at the boundary; returns the number of examples N."""
-    leaves = jax.tree.leaves(data)
-    if not leaves:
-        raise ValueError("data must hold (inputs, targets) arrays")
-    for x in leaves:
-        dtype = np.result_type(x) if not hasattr(x, "dtype") else x.dtype
-        if jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key) or np.dtype(dtype).kind not in "biuf":
-            raise ValueError(f"data arrays must be numeric (bool, int or float), got dtype {dtype}")
-        if np.ndim(x) < 1:
-            raise ValueError(f"data arrays need a leading example axis, got a scalar of shape {np.shape(x)}")
-    sizes = [int(np.shape(x)[0]) for x in leaves]
-    if any(n != sizes[0] for n in sizes):
-        raise ValueError(f"data arrays disagree on the number of examples: {sizes}")
-    if sizes[0] == 0:
-        raise ValueError("data is empty")
-    for x in leaves:
-        if np.dtype(x.dtype if hasattr(x, "dtype") else np.result_type(x)).kind == "f" and not bool(_all_finite_jit(x)):
-            raise ValueError(f"data holds NaN or inf values (an array of shape {np.shape(x)}); clean it first")
-    return sizes[0]
-
-
-def _check_data_size(data_size: Optional[int], size: int, batch_size: int) -> None:
-    """Refuse an algorithm whose likelihood scale N / M was built for another number of examples."""
-    if data_size is None or data_size == size:
-        return
-    raise ValueError(
-        f"data_size mismatch: the algorithm was built with data_size={data_size} but data holds {size} "
-        f"examples, so each minibatch log-likelihood would be scaled by {data_size}/{batch_size} instead of "
-        f"{size}/{batch_size} ({data_size / size:.3g}x the weight of the data against the KL). Build with "
-        f"data_size={size}, or pass allow_data_size_mismatch=True to fit if the mismatch is deliberate "
-        "(e.g. data is one shard of a larger training set)"
-    )
-
-
-def _check_likelihood_data(loglikelihood_fn, state, data) -> None:
-    """Run the likelihood's eager ``check_batch`` on the whole data set, with the mean of q."""
-    check = getattr(loglikelihood_fn, "check_batch", None)
-    if check is None:
-        return
-    params = getattr(getattr(state, "params", None), "loc", None)
-    if params is None:
-        return  # not a mean-field VIState: the abstract evaluation below still checks shapes
-    check(params, data)
-
-
-def _check_group_invariance(algorithm: VIAlgorithm, state, data) -> None:
-    """f(g.w) == f(w) on the first inputs, at the mean of q, before the first step (``WeightSymmetry.check``)."""
-    apply_fn = getattr(algorithm.loglikelihood_fn, "apply_fn", None)
-    params = getattr(getattr(state, "params", None), "loc", None)
-    if algorithm.group is None or apply_fn is None or params is None or not isinstance(data, (tuple, list)):
-        return
-    inputs = jax.tree.map(lambda x: x[:8], data[0])
-    try:
-        algorithm.group.check(apply_fn, params, inputs)
-    except ValueError as err:
-        raise ValueError(f"group: {err} (checked by vi.fit before the first step)") from None
-
-
-def _data_digest(data) -> str:
-    """sha256 over the shapes, dtypes and bytes of every data array (to refuse resuming on other data)."""
-    digest = hashlib.sha256()
-    for x in jax.tree.leaves(data):
-        x = np.ascontiguousarray(jax.device_get(x))
-        digest.update(f"{x.shape}{x.dtype}".encode())
-        digest.update(x.tobytes())
-    return digest.hexdigest()
-
-
-def _jsonable(value, name):
-    if value is None:
-        return None
-    try:
-        return json.loads(json.dumps(value, allow_nan=False))
-    except (TypeError, ValueError) as err:
-        raise ValueError(f"{name} must be JSON-serialisable with finite numbers: {err}") from None
-
-
-#: Fit-record entries that may change on resume: the run's length (resume extends or shortens it).
-_RUN_LENGTH = ("num_epochs", "total_steps")
-
-_START_AFRESH = "; to start a new run use an empty checkpoint_dir (CLI: another --out, without --resume)"
-
-
-def _resume(checkpointer, state, history, rng_key, fit_record, config):
-    """Restore the latest checkpoint after checking that it belongs to this run.
-
-    The run may be longer than the checkpointed one (it is extended) or shorter, as long as the
-    checkpoint has not passed its last step; the history is copied into this run's buffer.
-    """
-    step = checkpointer.latest_step()
-    saved = checkpointer.read_metadata(step)["user"]
-    saved_fit = saved.get("fit", {})
-    changed = sorted(k for k in fit_record if k not in _RUN_LENGTH and saved_fit.get(k) != fit_record[k])
-    if changed:
-        detail = ", ".join(f"{k}: saved {saved_fit.get(k)!r}, now {fit_record[k]!r}" for k in changed)
-        raise ValueError(
-            f"cannot resume from {checkpointer.directory}: the run differs from the checkpointed one ({detail})"
-            + _START_AFRESH
-        )
-    if saved.get("config") != config:
-        raise ValueError(
-            f"cannot resume from {checkpointer.directory}: checkpoint_metadata differs from the checkpointed "
-            f"run's (saved {saved.get('config')!r}, now {config!r})" + _START_AFRESH
-        )
-    if step > fit_record["total_steps"]:
-        steps_per_epoch = fit_record["steps_per_epoch"]
-        raise ValueError(
-            f"cannot resume from {checkpointer.directory}: its checkpoint is at step {step}, past the "
-            f"{fit_record['total_steps']} steps of num_epochs={fit_record['num_epochs']}; resume with "
-            f"num_epochs >= {-(-step // steps_per_epoch)}" + _START_AFRESH
-        )
-    saved_epochs = saved_fit.get("num_epochs", fit_record["num_epochs"])
-    saved_history = jax.tree.map(lambda h: np.zeros((saved_epochs,) + h.shape[1:], h.dtype), history)
-    restored = checkpointer.restore(state, history=saved_history, step=step)
-    saved_key, _ = _key_data(restored.rng_key)
-    given_key, _ = _key_data(rng_key)
-    if not np.array_equal(saved_key, given_key):
-        raise ValueError(
-            f"cannot resume from {checkpointer.directory}: rng_key differs from the checkpointed run's key"
-            + _START_AFRESH
-        )
-    kept = min(saved_epochs, fit_record["num_epochs"])
-    for buffer, values in zip(jax.tree.leaves(history), jax.tree.leaves(restored.history)):
-        buffer[:kept] = np.asarray(values)[:kept]
-    return restored.state, history, int(restored.step)
-
-
-def _key_data(rng_key):
-    from symvi_jax import checkpoint
-
-    return checkpoint._key_to_data(rng_key)
+# fit, its checks, checkpoints and resume live in symvi_jax.training; vi.fit and
+# vi.NonFiniteError stay importable from here. Imported last: training imports this module's names.
+from symvi_jax.training import NonFiniteError, fit  # noqa: E402

@@ -239,3 +239,26 @@ def test_unwritable_output_directory_is_rejected(tmp_path, capsys, monkeypatch):
     assert cli.main(["train", *QUICK, "--out", str(locked / "out")]) == 2
     assert f"{locked} is not writable" in capsys.readouterr().err
     assert list(locked.iterdir()) == []
+
+
+def test_a_vi_state_where_a_mean_field_state_belongs_says_to_pass_state_params():
+    model = MLP(features=(3, 2))
+    params = model.init(jax.random.key(0), jnp.zeros((1, 2)))["params"]
+    algorithm = vi.build(likelihoods.categorical(lambda p, x: model.apply({"params": p}, x)), optax.adam(1e-2),
+                         data_size=4)
+    state = algorithm.init(params)
+    apply_fn = lambda p, x: model.apply({"params": p}, x)  # noqa: E731
+    calls = [
+        lambda: meanfield.sample(jax.random.key(0), state, 2),
+        lambda: meanfield.log_prob(state, params),
+        lambda: meanfield.entropy(state),
+        lambda: meanfield.kl_to_normal(state),
+        lambda: predict.predictive_probs(jax.random.key(0), state, apply_fn, jnp.zeros((3, 2)), num_samples=2),
+        lambda: predict.predictive_mean_and_std(jax.random.key(0), state, apply_fn, jnp.zeros((3, 2)), num_samples=2),
+    ]
+    for call in calls:
+        with pytest.raises(ValueError, match=r"got a vi\.VIState: pass state\.params"):
+            call()
+    with pytest.raises(ValueError, match="q must be a meanfield.MeanFieldState"):
+        meanfield.entropy(params)
+    assert np.isfinite(float(meanfield.entropy(state.params)))

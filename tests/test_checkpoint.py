@@ -13,7 +13,7 @@ import numpy as np
 import optax
 import pytest
 
-from symvi_jax import PermutationGroup, checkpoint, likelihoods, vi
+from symvi_jax import PermutationGroup, _checks, checkpoint, likelihoods, vi
 from fixtures import make_mlp
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -199,7 +199,7 @@ def test_resume_refuses_checkpoints_with_the_old_epoch_keys(tmp_path, problem):
     """Checkpoints from before fold_in epoch keys would continue with other keys: refused."""
     state, history = problem["reference"]
     fit_record = {"num_epochs": 4, "batch_size": 6, "num_examples": 40, "steps_per_epoch": 6, "total_steps": 24,
-                  "data_sha256": vi._data_digest(problem["data"])}  # as saved before: no "epoch_keys"
+                  "data_sha256": _checks.data_digest(problem["data"])}  # as saved before: no "epoch_keys"
     checkpoint.save(tmp_path, checkpoint.TrainingCheckpoint(state, jax.random.key(7), 12, jax.device_get(history),
                                                             {"fit": fit_record, "config": None}))
     with pytest.raises(ValueError, match=r"epoch_keys: saved None, now 'fold_in\(rng_key, epoch\)'"):

@@ -15,6 +15,7 @@ them exist, so a failed run leaves nothing half-written.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -195,3 +196,31 @@ def write_results(out_dir: str, config, result: Result) -> list[Path]:
         return written
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def pyplot():
+    """``matplotlib.pyplot`` on the non-interactive Agg backend (the ``plots`` extra)."""
+    from symvi_jax import _optional
+
+    matplotlib = _optional.require("matplotlib", extra="plots", feature="the experiments' figures")
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+@contextlib.contextmanager
+def figure(path, *args, dpi: int = 100, **kwargs):
+    """``with figure(path, 1, 3, figsize=(9, 3)) as (fig, axes):`` -- ``plt.subplots(*args, **kwargs)``.
+
+    On a normal exit the figure is laid out (``tight_layout``) and saved to ``path`` at ``dpi``;
+    it is closed either way.
+    """
+    plt = pyplot()
+    fig, axes = plt.subplots(*args, **kwargs)
+    try:
+        yield fig, axes
+        fig.tight_layout()
+        fig.savefig(path, dpi=dpi)
+    finally:
+        plt.close(fig)

@@ -35,6 +35,7 @@ import optax
 
 from symvi_jax import (MLP, PermutationGroup, diagnostics, likelihoods, meanfield, objectives, orbits, permanent,
                        predict, vi)
+from symvi_jax.experiments import base
 from symvi_jax.experiments.base import Result
 
 __all__ = ["Config", "run", "measure_step_times"]
@@ -587,75 +588,59 @@ def _figures(rows):
     exact = [r for r in rows if r["part"] == "exact"]
     if exact:
         def save_exact(path):
-            import matplotlib
-            matplotlib.use("Agg")
-            import matplotlib.pyplot as plt
             regimes = [g for g in ("trained", "broad") if any(r["regime"] == g for r in exact)]
             widths = sorted({r["width"] for r in exact})
-            fig, axes = plt.subplots(1, len(regimes), figsize=(5 * len(regimes), 3.8), squeeze=False)
-            for ax, regime in zip(axes[0], regimes):
-                for index, width in enumerate(widths):
-                    for estimator, style in (("uniform", "--"), ("importance", "-")):
-                        pts = sorted((r["K"], r["fraction_of_exact"]) for r in exact
-                                     if (r["regime"], r["width"], r["estimator"]) == (regime, width, estimator))
-                        if pts:
-                            ax.plot(*zip(*pts), style, marker="o", color=f"C{index}", label=f"{estimator} d={width}")
-                ax.axhline(1.0, color="k", lw=0.8)
-                ax.set_xscale("log")
-                ax.set_xlabel("K")
-                ax.set_ylabel("estimate / exact I")
-                ax.set_title(regime)
-            axes[0][0].legend(fontsize=7)
-            fig.tight_layout()
-            fig.savefig(path, dpi=100)
-            plt.close(fig)
+            size = (5 * len(regimes), 3.8)
+            with base.figure(path, 1, len(regimes), figsize=size, squeeze=False, dpi=100) as (fig, axes):
+                for ax, regime in zip(axes[0], regimes):
+                    for index, width in enumerate(widths):
+                        for estimator, style in (("uniform", "--"), ("importance", "-")):
+                            pts = sorted((r["K"], r["fraction_of_exact"]) for r in exact
+                                         if (r["regime"], r["width"], r["estimator"]) == (regime, width, estimator))
+                            if pts:
+                                ax.plot(*zip(*pts), style, marker="o", color=f"C{index}", label=f"{estimator} d={width}")
+                    ax.axhline(1.0, color="k", lw=0.8)
+                    ax.set_xscale("log")
+                    ax.set_xlabel("K")
+                    ax.set_ylabel("estimate / exact I")
+                    ax.set_title(regime)
+                axes[0][0].legend(fontsize=7)
         figures["exact.png"] = save_exact
     wide = [r for r in rows if r["part"] == "wide"]
     if wide:
         def save_wide(path):
-            import matplotlib
-            matplotlib.use("Agg")
-            import matplotlib.pyplot as plt
             regimes = [g for g in ("trained", "broad") if any(r["regime"] == g for r in wide)]
-            fig, axes = plt.subplots(1, len(regimes), figsize=(5 * len(regimes), 3.8), squeeze=False)
-            for ax, regime in zip(axes[0], regimes):
-                for index, k in enumerate(sorted({r["K"] for r in wide})):
-                    for estimator, style in (("uniform", "--"), ("importance", "-")):
-                        pts = sorted((r["width"], r["fraction_of_log_order"]) for r in wide
-                                     if (r["regime"], r["K"], r["estimator"]) == (regime, k, estimator))
-                        if pts:
-                            ax.plot(*zip(*pts), style, marker="o", color=f"C{index}", label=f"{estimator} K={k}")
-                ax.set_xscale("log")
-                ax.set_yscale("log")
-                ax.set_xlabel("width d")
-                ax.set_ylabel("bound on I / log d!")
-                ax.set_title(regime)
-            axes[0][0].legend(fontsize=7)
-            fig.tight_layout()
-            fig.savefig(path, dpi=100)
-            plt.close(fig)
+            size = (5 * len(regimes), 3.8)
+            with base.figure(path, 1, len(regimes), figsize=size, squeeze=False, dpi=100) as (fig, axes):
+                for ax, regime in zip(axes[0], regimes):
+                    for index, k in enumerate(sorted({r["K"] for r in wide})):
+                        for estimator, style in (("uniform", "--"), ("importance", "-")):
+                            pts = sorted((r["width"], r["fraction_of_log_order"]) for r in wide
+                                         if (r["regime"], r["K"], r["estimator"]) == (regime, k, estimator))
+                            if pts:
+                                ax.plot(*zip(*pts), style, marker="o", color=f"C{index}", label=f"{estimator} K={k}")
+                    ax.set_xscale("log")
+                    ax.set_yscale("log")
+                    ax.set_xlabel("width d")
+                    ax.set_ylabel("bound on I / log d!")
+                    ax.set_title(regime)
+                axes[0][0].legend(fontsize=7)
         figures["wide.png"] = save_wide
     distance = [r for r in rows if r["part"] == "distance"]
     if distance:
         def save_distance(path):
-            import matplotlib
-            matplotlib.use("Agg")
-            import matplotlib.pyplot as plt
-            fig, ax = plt.subplots(figsize=(5, 3.8))
-            for regime in ("init", "broad", "trained"):
-                pts = sorted((r["width"], r["distance"]) for r in distance if r["regime"] == regime)
-                ax.plot(*zip(*pts), marker="o", label=f"q mean, {regime}")
-            pts = sorted((r["width"], r["theorem_bound"]) for r in distance
-                         if r["regime"] == "init" and r["theorem_bound"] is not None)
-            if pts:
-                ax.plot(*zip(*pts), "k--", label="Theorem 3.1 bound")
-            ax.set_xscale("log")
-            ax.set_yscale("log")
-            ax.set_xlabel("width d")
-            ax.set_ylabel("min ||w - g.w|| / ||w||")
-            ax.legend(fontsize=7)
-            fig.tight_layout()
-            fig.savefig(path, dpi=100)
-            plt.close(fig)
+            with base.figure(path, figsize=(5, 3.8), dpi=100) as (fig, ax):
+                for regime in ("init", "broad", "trained"):
+                    pts = sorted((r["width"], r["distance"]) for r in distance if r["regime"] == regime)
+                    ax.plot(*zip(*pts), marker="o", label=f"q mean, {regime}")
+                pts = sorted((r["width"], r["theorem_bound"]) for r in distance
+                             if r["regime"] == "init" and r["theorem_bound"] is not None)
+                if pts:
+                    ax.plot(*zip(*pts), "k--", label="Theorem 3.1 bound")
+                ax.set_xscale("log")
+                ax.set_yscale("log")
+                ax.set_xlabel("width d")
+                ax.set_ylabel("min ||w - g.w|| / ||w||")
+                ax.legend(fontsize=7)
         figures["distance.png"] = save_distance
     return figures

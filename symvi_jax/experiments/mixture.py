@@ -27,6 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from symvi_jax.experiments import base
 from symvi_jax.experiments.base import Result
 
 __all__ = ["Config", "GaussianState", "kl_estimate", "fit", "run", "PAPER_THRESHOLDS"]
@@ -204,68 +205,53 @@ def _markdown(config: Config, out: dict) -> str:
 
 def _figures(config: Config, out: dict) -> dict:
     def sweep(path):
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        fig, axes = plt.subplots(1, 3, figsize=(14, 4))
-        colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-        for i, s in enumerate(config.scales):
-            a = out["a"][i]
-            c = colors[i % len(colors)]
-            for ax, key in zip(axes, ("interpolation", "det_covariance", "kl")):
-                ax.plot(a, out[key][i].mean(axis=-1), "o-", ms=3, color=c, label=f"s = {s:g}")
-                if float(s) in PAPER_THRESHOLDS:
-                    ax.axvline(PAPER_THRESHOLDS[float(s)], color=c, ls=":", lw=1)
-        axes[0].set_ylabel("||mu*|| / a")
-        axes[1].set_ylabel("det(Sigma*)")
-        axes[1].set_yscale("log")
-        axes[2].set_ylabel("KL(q* || p_a)")
-        axes[2].axhline(math.log(2), color="black", ls="--", lw=0.8, label="log 2")
-        for ax in axes:
-            ax.set_xscale("log")
-            ax.set_xlabel("a (dotted: the paper's a*)")
-        axes[0].legend(fontsize=8)
-        axes[2].legend(fontsize=8)
-        fig.suptitle("Reverse-KL Gaussian fit to 1/2 N(0, s^2 I) + 1/2 N(a u, s^2 I), started at (0, I)")
-        fig.tight_layout()
-        fig.savefig(path, dpi=90)
-        plt.close(fig)
+        plt = base.pyplot()
+        with base.figure(path, 1, 3, figsize=(14, 4), dpi=90) as (fig, axes):
+            colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+            for i, s in enumerate(config.scales):
+                a = out["a"][i]
+                c = colors[i % len(colors)]
+                for ax, key in zip(axes, ("interpolation", "det_covariance", "kl")):
+                    ax.plot(a, out[key][i].mean(axis=-1), "o-", ms=3, color=c, label=f"s = {s:g}")
+                    if float(s) in PAPER_THRESHOLDS:
+                        ax.axvline(PAPER_THRESHOLDS[float(s)], color=c, ls=":", lw=1)
+            axes[0].set_ylabel("||mu*|| / a")
+            axes[1].set_ylabel("det(Sigma*)")
+            axes[1].set_yscale("log")
+            axes[2].set_ylabel("KL(q* || p_a)")
+            axes[2].axhline(math.log(2), color="black", ls="--", lw=0.8, label="log 2")
+            for ax in axes:
+                ax.set_xscale("log")
+                ax.set_xlabel("a (dotted: the paper's a*)")
+            axes[0].legend(fontsize=8)
+            axes[2].legend(fontsize=8)
+            fig.suptitle("Reverse-KL Gaussian fit to 1/2 N(0, s^2 I) + 1/2 N(a u, s^2 I), started at (0, I)")
 
     def fits(path):
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
         i = list(config.scales).index(config.figure_scale)
         s = float(config.figure_scale)
         picks = np.unique(np.linspace(0, len(config.separation_ratios) - 1, 6).round().astype(int))
-        fig, axes = plt.subplots(1, len(picks), figsize=(3.2 * len(picks), 3.2), squeeze=False)
-        for ax, j in zip(axes[0], picks):
-            a = float(out["a"][i, j])
-            lo, hi = -3 * s, a + 3 * s
-            xs = np.linspace(lo, hi, 200)
-            ys = np.linspace(-(hi - lo) / 2, (hi - lo) / 2, 200)
-            xx, yy = np.meshgrid(xs, ys, indexing="ij")
-            pts = np.stack([xx, yy], -1)
-            dens = 0.5 * (np.exp(-0.5 * np.sum(pts**2, -1) / s**2)
-                          + np.exp(-0.5 * np.sum((pts - np.array([a, 0.0])) ** 2, -1) / s**2))
-            ax.contourf(xx, yy, dens, levels=12, cmap="Greys")
-            loc, cov = out["loc"][i, j, 0][:2], out["covariance"][i, j, 0][:2, :2]
-            vals, vecs = np.linalg.eigh(cov)
-            t = np.linspace(0, 2 * np.pi, 100)
-            for k in (1, 2):
-                ellipse = loc[:, None] + vecs @ (k * np.sqrt(vals)[:, None] * np.stack([np.cos(t), np.sin(t)]))
-                ax.plot(ellipse[0], ellipse[1], color="tab:blue", lw=1)
-            ax.plot(*loc, "o", color="tab:blue", ms=3)
-            ax.set_title(f"a = {a:g}: ||mu||/a = {out['interpolation'][i, j, 0]:.2f}", fontsize=9)
-            ax.set_aspect("equal")
-        fig.suptitle(f"s = {s:g}: fitted q (1 and 2 sigma) over p_a")
-        fig.tight_layout()
-        fig.savefig(path, dpi=90)
-        plt.close(fig)
+        with base.figure(path, 1, len(picks), figsize=(3.2 * len(picks), 3.2), squeeze=False, dpi=90) as (fig, axes):
+            for ax, j in zip(axes[0], picks):
+                a = float(out["a"][i, j])
+                lo, hi = -3 * s, a + 3 * s
+                xs = np.linspace(lo, hi, 200)
+                ys = np.linspace(-(hi - lo) / 2, (hi - lo) / 2, 200)
+                xx, yy = np.meshgrid(xs, ys, indexing="ij")
+                pts = np.stack([xx, yy], -1)
+                dens = 0.5 * (np.exp(-0.5 * np.sum(pts**2, -1) / s**2)
+                              + np.exp(-0.5 * np.sum((pts - np.array([a, 0.0])) ** 2, -1) / s**2))
+                ax.contourf(xx, yy, dens, levels=12, cmap="Greys")
+                loc, cov = out["loc"][i, j, 0][:2], out["covariance"][i, j, 0][:2, :2]
+                vals, vecs = np.linalg.eigh(cov)
+                t = np.linspace(0, 2 * np.pi, 100)
+                for k in (1, 2):
+                    ellipse = loc[:, None] + vecs @ (k * np.sqrt(vals)[:, None] * np.stack([np.cos(t), np.sin(t)]))
+                    ax.plot(ellipse[0], ellipse[1], color="tab:blue", lw=1)
+                ax.plot(*loc, "o", color="tab:blue", ms=3)
+                ax.set_title(f"a = {a:g}: ||mu||/a = {out['interpolation'][i, j, 0]:.2f}", fontsize=9)
+                ax.set_aspect("equal")
+            fig.suptitle(f"s = {s:g}: fitted q (1 and 2 sigma) over p_a")
 
     return {"mixture_sweep.png": sweep, "mixture_fits.png": fits}
 

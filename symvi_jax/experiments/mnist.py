@@ -61,8 +61,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from symvi_jax import MLP, PermutationGroup, data, likelihoods, meanfield, orbits, predict, vi
+from symvi_jax import MLP, PermutationGroup, data, diagnostics, likelihoods, meanfield, orbits, predict, vi
 from symvi_jax.experiments.stats import paired_ci
+from symvi_jax.experiments import base
 from symvi_jax.experiments.base import Result
 from symvi_jax.objectives import ObjectiveInfo
 
@@ -206,64 +207,10 @@ def symmetrized_objective(
 # ---- predictions -----------------------------------------------------------------------------------
 
 
-def _forward_rest(pre_activation, rest, names):
-    h = pre_activation
-    for name in names[1:]:
-        h = jax.nn.relu(h)
-        layer = rest[name]
-        h = h @ layer["kernel"] + (layer["bias"] if "bias" in layer else 0.0)
-    return h
-
-
-def local_predictive_probs(rng_key, q, inputs, *, num_samples: int, chunk_size: int, layer_names):
-    """(1/S) sum_s softmax(f(x; a_s, w_s)) with first-layer pre-activations drawn from their
-    exact Gaussian marginal, a_s = x mu_0 + b_0 + sqrt(x^2 sigma_0^2 + sigma_b^2) * eps_s, and the
-    later layers w_s ~ q (module docstring). ``chunk_size`` draws are evaluated at a time."""
-    first = layer_names[0]
-    sigma = meanfield.scale(q)
-    loc0, scale0 = q.loc[first], sigma[first]
-    mean = inputs @ loc0["kernel"] + loc0.get("bias", 0.0)
-    var = jnp.square(inputs) @ jnp.square(scale0["kernel"])
-    if "bias" in scale0:
-        var = var + jnp.square(scale0["bias"])
-    std = jnp.sqrt(var)
-    rest_q = meanfield.MeanFieldState(
-        {n: q.loc[n] for n in layer_names[1:]}, {n: q.raw_scale[n] for n in layer_names[1:]}
-    )
-
-    def body(total, key):
-        key_eps, key_rest = jax.random.split(key)
-        eps = jax.random.normal(key_eps, (chunk_size, mean.shape[1]), dtype=mean.dtype)
-        rest = meanfield.sample(key_rest, rest_q, chunk_size)
-
-        def one(eps_s, rest_s):
-            return jax.nn.softmax(_forward_rest(mean + std * eps_s, rest_s, layer_names), axis=-1)
-
-        return total + jnp.sum(jax.vmap(one)(eps, rest), axis=0), None
-
-    num_outputs = q.loc[layer_names[-1]]["kernel"].shape[1]
-    total0 = jnp.zeros((inputs.shape[0], num_outputs), mean.dtype)
-    total, _ = jax.lax.scan(body, total0, jax.random.split(rng_key, num_samples // chunk_size))
-    return total / num_samples
-
-
-# ---- diagnostics -------------------------------------------------------------------------------------
-
-
-def unit_statistics(q, layer_names, prior_scale: float):
-    """Per hidden unit, over its incoming weights and bias: mean |mu| / s and mean sigma / s.
-
-    Returns a list (one entry per hidden layer) of ``(mean_abs_loc, mean_scale)`` arrays.
-    """
-    sigma = meanfield.scale(q)
-    out = []
-    for name in layer_names[:-1]:
-        locs = [q.loc[name]["kernel"]] + ([q.loc[name]["bias"][None, :]] if "bias" in q.loc[name] else [])
-        scales = [sigma[name]["kernel"]] + ([sigma[name]["bias"][None, :]] if "bias" in sigma[name] else [])
-        loc = jnp.concatenate(locs, axis=0)
-        scale = jnp.concatenate(scales, axis=0)
-        out.append((jnp.mean(jnp.abs(loc), axis=0) / prior_scale, jnp.mean(scale, axis=0) / prior_scale))
-    return out
+# local_predictive_probs lives in predict and unit_statistics in diagnostics; both names stay
+# importable from here.
+local_predictive_probs = predict.local_predictive_probs
+unit_statistics = diagnostics.unit_statistics
 
 
 # ---- running -----------------------------------------------------------------------------------------
@@ -672,49 +619,33 @@ def _markdown(config: Config, rows, timings, load_time, compile_time, total) -> 
 
 def _figures(config: Config, rows):
     def accuracy_plot(path):
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
         widths = [int(w) for w in config.widths]
-        fig, axes = plt.subplots(1, 2, figsize=(9, 3.5))
-        for method in config.methods:
-            for ax, key, scale in ((axes[0], "test_accuracy", 100), (axes[1], "test_nll", 1)):
-                stats = [_mean_std([scale * r[key] for r in _select(rows, method=method, width=w)]) for w in widths]
-                ax.errorbar(widths, [m for m, _ in stats], yerr=[s for _, s in stats], marker="o", capsize=3,
-                            label=method)
-        if config.dataset == "mnist" and config.num_hidden_layers == 1 and config.num_train is None:
+        with base.figure(path, 1, 2, figsize=(9, 3.5), dpi=100) as (fig, axes):
             for method in config.methods:
-                if method in PAPER_TABLE1:
-                    ws = [w for w in widths if w in PAPER_TABLE1[method]]
-                    axes[0].plot(ws, [PAPER_TABLE1[method][w][0] for w in ws], "x", color="gray")
-            axes[0].plot([], [], "x", color="gray", label="paper")
-        axes[0].set(xlabel="width", ylabel="test accuracy (%)")
-        axes[1].set(xlabel="width", ylabel="test NLL")
-        axes[0].legend(fontsize=8)
-        fig.tight_layout()
-        fig.savefig(path, dpi=100)
-        plt.close(fig)
+                for ax, key, scale in ((axes[0], "test_accuracy", 100), (axes[1], "test_nll", 1)):
+                    stats = [_mean_std([scale * r[key] for r in _select(rows, method=method, width=w)]) for w in widths]
+                    ax.errorbar(widths, [m for m, _ in stats], yerr=[s for _, s in stats], marker="o", capsize=3,
+                                label=method)
+            if config.dataset == "mnist" and config.num_hidden_layers == 1 and config.num_train is None:
+                for method in config.methods:
+                    if method in PAPER_TABLE1:
+                        ws = [w for w in widths if w in PAPER_TABLE1[method]]
+                        axes[0].plot(ws, [PAPER_TABLE1[method][w][0] for w in ws], "x", color="gray")
+                axes[0].plot([], [], "x", color="gray", label="paper")
+            axes[0].set(xlabel="width", ylabel="test accuracy (%)")
+            axes[1].set(xlabel="width", ylabel="test NLL")
+            axes[0].legend(fontsize=8)
 
     def saturation_plot(path):
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        fig, ax = plt.subplots(figsize=(5, 3.5))
-        for w in config.widths:
-            for method in config.methods:
-                sel = _select(rows, method=method, width=int(w))
-                if sel:
-                    sat = np.mean([r["saturation"] for r in sel], axis=0)
-                    ax.plot(np.arange(1, len(sat) + 1), sat, label=f"{method}, width {w}")
-        ax.set(xlabel="epoch", ylabel="I^K / log K (epoch mean)", ylim=(0, 1.05))
-        ax.legend(fontsize=6, ncol=2)
-        fig.tight_layout()
-        fig.savefig(path, dpi=100)
-        plt.close(fig)
+        with base.figure(path, figsize=(5, 3.5), dpi=100) as (fig, ax):
+            for w in config.widths:
+                for method in config.methods:
+                    sel = _select(rows, method=method, width=int(w))
+                    if sel:
+                        sat = np.mean([r["saturation"] for r in sel], axis=0)
+                        ax.plot(np.arange(1, len(sat) + 1), sat, label=f"{method}, width {w}")
+            ax.set(xlabel="epoch", ylabel="I^K / log K (epoch mean)", ylim=(0, 1.05))
+            ax.legend(fontsize=6, ncol=2)
 
     return {"accuracy_vs_width.png": accuracy_plot, "saturation.png": saturation_plot}
 

@@ -35,7 +35,6 @@ import dataclasses
 import math
 from typing import Callable, NamedTuple
 
-import blackjax
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -43,7 +42,8 @@ import optax
 import yaml
 from jax.flatten_util import ravel_pytree
 
-from symvi_jax import MLP, PermutationGroup, hmc, likelihoods, meanfield, nets, objectives, orbits, posterior_grid, predict, vi
+from symvi_jax import MLP, PermutationGroup, likelihoods, meanfield, nets, objectives, orbits, posterior_grid, predict, vi
+from symvi_jax.experiments import base
 from symvi_jax.experiments.base import Result
 from symvi_jax.meanfield import MeanFieldState
 
@@ -365,6 +365,8 @@ def _reference(config: Config, fits: dict) -> dict:
 
 def _hmc_reference(config: Config, reference: dict) -> dict:
     """NUTS on the posterior of ``figure_seed`` for every alpha, symmetrized, and TV against the grid."""
+    from symvi_jax import hmc  # here, not at the top: demo imports this module for problem() only
+
     prob = problem(config.noise_precision)
     keys = _seed_keys(config)[config.figure_seed]
 
@@ -406,6 +408,7 @@ def _hmc_reference(config: Config, reference: dict) -> dict:
     out = {"raw": raw, "symmetric": symmetric, "tv": np.asarray(tv).tolist(), "tv_floor": np.asarray(floor).tolist(),
            "rhat": [], "ess": [], "both_modes_chains": [], "acceptance": np.asarray(info.acceptance_rate),
            "divergent": np.asarray(info.num_divergent)}
+    import blackjax
     for i in range(len(config.alphas)):
         # Convergence on G-invariant statistics (the sorted weights), per chain.
         sorted_w = np.sort(raw[i], axis=-1)
@@ -710,52 +713,44 @@ def _conclusion_table(config: Config, entries) -> list:
 
 def _figure4(config: Config, rows, evaluation) -> Callable[[str], None]:
     def save(path):
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
         ref = evaluation["reference"]
         hmc_out = evaluation.get("hmc")
         num = len(config.alphas)
-        fig, axes = plt.subplots(num, 3, figsize=(11, 3.4 * num), squeeze=False)
-        for i, alpha in enumerate(config.alphas):
-            gx, gy = ref["grid_x"][i], ref["grid_y"][i]
-            log_post = ref["log_density_figure"][i]
-            post = np.exp(log_post - log_post.max())
-            xx, yy = np.meshgrid(gx, gy, indexing="ij")
-            ax = axes[i, 0]
-            ax.contourf(xx, yy, post, levels=np.linspace(0.01, 1, 12), cmap="Greys")
-            if hmc_out is not None:
-                pts = hmc_out["symmetric"][i].reshape(-1, 2)
-                pts = pts[np.random.default_rng(0).permutation(len(pts))[:600]]
-                ax.scatter(pts[:, 0], pts[:, 1], s=1, color="tab:red", alpha=0.35, label="HMC (symmetrized)")
-                ax.legend(loc="upper right", fontsize=7)
-            ax.set_title(f"a = {alpha:g}: exact posterior (grid)")
-            for j, method in enumerate(METHODS, start=1):
-                ax = axes[i, j]
-                ax.contour(xx, yy, post, levels=6, colors="grey", linewidths=0.6)
-                row = _select(rows, alpha=alpha, method=method, seed=config.figure_seed)[0]
-                loc, scale = np.array(row["loc"]), np.array(row["scale"])
-                log_q = -0.5 * (((xx - loc[0]) / scale[0]) ** 2 + ((yy - loc[1]) / scale[1]) ** 2)
-                ax.contourf(xx, yy, np.exp(log_q), levels=np.linspace(0.05, 1, 8), cmap="Blues", alpha=0.8)
-                if method == "sgm":  # the swapped copy: q^G is the average of the two
-                    log_s = -0.5 * (((xx - loc[1]) / scale[1]) ** 2 + ((yy - loc[0]) / scale[0]) ** 2)
-                    ax.contour(xx, yy, np.exp(log_s), levels=np.linspace(0.05, 1, 4), colors="tab:blue",
-                               linestyles="dashed", linewidths=0.8)
-                ax.plot(*loc, "o", color="tab:blue", ms=3)
-                ax.set_title(f"{METHOD_LABELS[method]}: q" + (" (dashed: swapped copy)" if method == "sgm" else ""))
-            for ax in axes[i]:
-                ax.plot([alpha, -alpha], [-alpha, alpha], "x", color="black", ms=6)
-                ax.set_xlim(gx[0], gx[-1])
-                ax.set_ylim(gy[0], gy[-1])
-                ax.set_aspect("equal")
-                ax.set_xlabel("w1")
-                ax.set_ylabel("w2")
-        fig.suptitle(f"Figure 4 (seed {config.figure_seed}): x = the modes (a, -a), (-a, a)")
-        fig.tight_layout()
-        fig.savefig(path, dpi=90)
-        plt.close(fig)
+        with base.figure(path, num, 3, figsize=(11, 3.4 * num), squeeze=False, dpi=90) as (fig, axes):
+            for i, alpha in enumerate(config.alphas):
+                gx, gy = ref["grid_x"][i], ref["grid_y"][i]
+                log_post = ref["log_density_figure"][i]
+                post = np.exp(log_post - log_post.max())
+                xx, yy = np.meshgrid(gx, gy, indexing="ij")
+                ax = axes[i, 0]
+                ax.contourf(xx, yy, post, levels=np.linspace(0.01, 1, 12), cmap="Greys")
+                if hmc_out is not None:
+                    pts = hmc_out["symmetric"][i].reshape(-1, 2)
+                    pts = pts[np.random.default_rng(0).permutation(len(pts))[:600]]
+                    ax.scatter(pts[:, 0], pts[:, 1], s=1, color="tab:red", alpha=0.35, label="HMC (symmetrized)")
+                    ax.legend(loc="upper right", fontsize=7)
+                ax.set_title(f"a = {alpha:g}: exact posterior (grid)")
+                for j, method in enumerate(METHODS, start=1):
+                    ax = axes[i, j]
+                    ax.contour(xx, yy, post, levels=6, colors="grey", linewidths=0.6)
+                    row = _select(rows, alpha=alpha, method=method, seed=config.figure_seed)[0]
+                    loc, scale = np.array(row["loc"]), np.array(row["scale"])
+                    log_q = -0.5 * (((xx - loc[0]) / scale[0]) ** 2 + ((yy - loc[1]) / scale[1]) ** 2)
+                    ax.contourf(xx, yy, np.exp(log_q), levels=np.linspace(0.05, 1, 8), cmap="Blues", alpha=0.8)
+                    if method == "sgm":  # the swapped copy: q^G is the average of the two
+                        log_s = -0.5 * (((xx - loc[1]) / scale[1]) ** 2 + ((yy - loc[0]) / scale[0]) ** 2)
+                        ax.contour(xx, yy, np.exp(log_s), levels=np.linspace(0.05, 1, 4), colors="tab:blue",
+                                   linestyles="dashed", linewidths=0.8)
+                    ax.plot(*loc, "o", color="tab:blue", ms=3)
+                    ax.set_title(f"{METHOD_LABELS[method]}: q" + (" (dashed: swapped copy)" if method == "sgm" else ""))
+                for ax in axes[i]:
+                    ax.plot([alpha, -alpha], [-alpha, alpha], "x", color="black", ms=6)
+                    ax.set_xlim(gx[0], gx[-1])
+                    ax.set_ylim(gy[0], gy[-1])
+                    ax.set_aspect("equal")
+                    ax.set_xlabel("w1")
+                    ax.set_ylabel("w2")
+            fig.suptitle(f"Figure 4 (seed {config.figure_seed}): x = the modes (a, -a), (-a, a)")
 
     return save
 

@@ -28,9 +28,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from symvi_jax import MLP, PermutationGroup, likelihoods, orbits, predict, vi
+from symvi_jax import MLP, _checks, PermutationGroup, likelihoods, orbits, predict, vi
 from symvi_jax.experiments.base import Result, to_jsonable
-from symvi_jax.vi import _data_digest
 
 __all__ = ["Config", "run", "make_data"]
 
@@ -155,8 +154,8 @@ def run(config: Config, *, checkpoint_dir: Optional[str] = None, resume: bool = 
         "test_ece": float(metrics["ece"]),
         "num_steps": int(history.objective.size),
         "num_skipped": int(np.sum(history.skipped)),
-        "state_sha256": _data_digest(state),
-        "history_sha256": _data_digest(history),
+        "state_sha256": _checks.data_digest(state),
+        "history_sha256": _checks.data_digest(history),
     }
     lines = [
         f"# train: {config.objective} on {config.num_classes} Gaussian blobs in {config.num_features} dimensions",
