@@ -29,7 +29,7 @@ Both functions have the signature ``fn(rng_key, q, batch, **config) -> (value, O
 from __future__ import annotations
 
 import warnings
-from typing import Callable, Mapping, NamedTuple, Optional, Union
+from typing import Callable, NamedTuple, Optional, Union
 
 import jax
 import jax.numpy as jnp

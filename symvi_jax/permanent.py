@@ -42,7 +42,7 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Mapping, Optional
+from typing import Optional
 
 import jax
 import jax.numpy as jnp

@@ -36,7 +36,7 @@ import optax
 
 from symvi_jax import _checks, meanfield, objectives, orbits
 from symvi_jax.meanfield import MeanFieldState
-from symvi_jax.symmetry import PermutationGroup, WeightSymmetry, as_symmetry, check_held_out
+from symvi_jax.symmetry import WeightSymmetry, as_symmetry, check_held_out
 from symvi_jax.types import Array, ArrayTree, PRNGKey
 
 __all__ = [

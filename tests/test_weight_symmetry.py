@@ -1,6 +1,5 @@
 """WeightSymmetry: explicit specs over any pytree, sign flips, the numerical check, bad input."""
 
-import math
 
 import jax
 import jax.numpy as jnp

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from symvi_jax import WeightSymmetry, meanfield, orbits, permanent
-from weight_symmetry_nets import NETS, make_layernorm, make_setup_named
+from weight_symmetry_nets import NETS, make_layernorm
 
 
 @pytest.fixture(autouse=True, scope="module")

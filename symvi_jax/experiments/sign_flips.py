@@ -24,7 +24,6 @@ import math
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 
 from symvi_jax import WeightSymmetry, likelihoods, meanfield, orbits, vi
