@@ -35,7 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from symvi_jax import MLP, PermutationGroup, diagnostics, likelihoods, meanfield, objectives, orbits, vi
+from symvi_jax import MLP, PermutationGroup, diagnostics, likelihoods, meanfield, orbits, vi
 
 WIDTH, NUM_POINTS, NOISE_SD, PRIOR_SCALE = 6, 10, 0.5, 1.0
 
