@@ -293,19 +293,19 @@ class WeightSymmetry:
         """A uniform element, or ``num`` i.i.d. uniform elements stacked on a leading axis."""
         if num is not None and (not _checks.is_int(num) or num < 1):
             raise ValueError(f"num must be None or a positive int, got {num!r}")
-        keys = jax.random.split(rng_key, max(2 * len(self.factors), 1))
+        # one key per factor, split as PermutationGroup always split it, so a Dense chain's draws
+        # (and every result computed from them) are the same as before WeightSymmetry existed
+        keys = jax.random.split(rng_key, max(len(self.factors), 1))
         out = []
-        for i, f in enumerate(self.factors):
-            def one(k_perm, k_sign, f=f):
-                p = jax.random.permutation(k_perm, f.size).astype(jnp.int32)
+        for key, f in zip(keys, self.factors):
+            def one(k, f=f):
+                p = jax.random.permutation(k, f.size).astype(jnp.int32)
                 if not f.sign_flips:
                     return p
-                return _encode(p, jnp.where(jax.random.bernoulli(k_sign, 0.5, (f.size,)), -1, 1))
+                flips = jax.random.bernoulli(jax.random.fold_in(k, 1), 0.5, (f.size,))
+                return _encode(p, jnp.where(flips, -1, 1))
 
-            if num is None:
-                out.append(one(keys[2 * i], keys[2 * i + 1]))
-            else:
-                out.append(jax.vmap(one)(jax.random.split(keys[2 * i], num), jax.random.split(keys[2 * i + 1], num)))
+            out.append(one(key) if num is None else jax.vmap(one)(jax.random.split(key, num)))
         return tuple(out)
 
     def elements(self, max_elements: int = MAX_ELEMENTS) -> Permutation:

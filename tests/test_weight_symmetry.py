@@ -219,3 +219,16 @@ def test_per_leaf_prior_scale_tree_trains_under_the_symmetrized_objective(inferr
     uneven = {**prior, "Dense_0": {"kernel": jnp.ones((2, 4)).at[:, 0].set(3.0), "bias": 0.5}}
     with pytest.raises(ValueError, match="prior_scale is not invariant under the group"):
         vi.build(likelihoods.categorical(apply_fn), optax.adam(1e-2), prior_scale=uneven, **kwargs)
+
+
+def test_a_dense_chains_draws_keep_their_random_stream():
+    """sample() splits one key per factor and draws jax.random.permutation from it, as PermutationGroup
+    always did, so results computed from the draws are unchanged for Dense chains."""
+    from symvi_jax import MLP
+    params = MLP(features=(5, 4, 2)).init(jax.random.key(0), jnp.zeros((1, 3)))["params"]
+    group = PermutationGroup.from_params(params)
+    keys = jax.random.split(jax.random.key(7), 2)
+    drawn = group.sample(jax.random.key(7), 3)
+    for key, d, got in zip(keys, (5, 4), drawn):
+        expected = jax.vmap(lambda k, d=d: jax.random.permutation(k, d))(jax.random.split(key, 3))
+        np.testing.assert_array_equal(got, expected)
