@@ -88,6 +88,7 @@ def test_permanent_log_qg_and_exact_mi_match_enumeration(case):
     assert 0.0 < float(jnp.mean(reference)) < group.log_order()
 
 
+@pytest.mark.slow
 def test_signed_mi_exceeds_the_permutation_only_mi_on_the_same_q():
     """Adding flips can only enlarge the orbit: I(signed) >= I(permutations), both exact."""
     params, signed = _signed_one_hidden(4)
