@@ -33,21 +33,26 @@ def small_problem():
     return model, params, (x, y)
 
 
-def symvi_loop():
-    model, params, batch = small_problem()
-    loglik = likelihoods.categorical(lambda p, x: model.apply({"params": p}, x))
-    algorithm = vi.build(loglik, optax.adam(LR), data_size=NUM_POINTS)
-    state = algorithm.init(params)
+def scanned(step, state, batch=None):
+    """A zero-argument jitted ``lax.scan`` of NUM_STEPS full-batch steps (``batch=None``: blackjax's
+    ``step(key, state)``), returning the objective of every step."""
 
     @jax.jit
     def loop(key, state):
         def body(state, k):
-            state, info = algorithm.step(k, state, batch)
-            return state, info.objective
+            state, info = step(k, state) if batch is None else step(k, state, batch)
+            return state, info.elbo if batch is None else info.objective
         return jax.lax.scan(body, state, jax.random.split(key, NUM_STEPS))
 
     key = jax.random.key(3)
     return lambda: loop(key, state)[1]
+
+
+def symvi_loop():
+    model, params, batch = small_problem()
+    loglik = likelihoods.categorical(lambda p, x: model.apply({"params": p}, x))
+    algorithm = vi.build(loglik, optax.adam(LR), data_size=NUM_POINTS)
+    return scanned(algorithm.step, algorithm.init(params), batch)
 
 
 def flat_noise_sample(rng_key, q):
@@ -73,17 +78,7 @@ def flat_noise_loop():
         return expected_ll - kl, objectives.ObjectiveInfo(expected_ll - kl, expected_ll, kl, zero, zero)
 
     algorithm = vi.build(loglik, optax.adam(LR), data_size=NUM_POINTS, objective=objective)
-    state = algorithm.init(params)
-
-    @jax.jit
-    def loop(key, state):
-        def body(state, k):
-            state, info = algorithm.step(k, state, batch)
-            return state, info.objective
-        return jax.lax.scan(body, state, jax.random.split(key, NUM_STEPS))
-
-    key = jax.random.key(3)
-    return lambda: loop(key, state)[1]
+    return scanned(algorithm.step, algorithm.init(params), batch)
 
 
 def blackjax_loop():
@@ -98,17 +93,7 @@ def blackjax_loop():
         return loglik + prior
 
     algorithm = blackjax.meanfield_vi(logdensity, optax.adam(LR), num_samples=1)
-    state = algorithm.init(params)
-
-    @jax.jit
-    def loop(key, state):
-        def body(state, k):
-            state, info = algorithm.step(k, state)
-            return state, info.elbo
-        return jax.lax.scan(body, state, jax.random.split(key, NUM_STEPS))
-
-    key = jax.random.key(3)
-    return lambda: loop(key, state)[1]
+    return scanned(algorithm.step, algorithm.init(params))
 
 
 def epoch_loop(objective):

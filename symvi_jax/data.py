@@ -44,6 +44,7 @@ import numpy as np
 
 __all__ = [
     "Dataset",
+    "subset",
     "DataError",
     "DigestError",
     "DATASETS",
@@ -502,6 +503,24 @@ def _download(url: str, destination: Path, timeout: float, expected: str) -> str
     finally:
         if os.path.exists(temp_name):
             os.unlink(temp_name)
+
+
+def subset(dataset: Dataset, *, num_train: Optional[int], num_test: Optional[int], seed: int) -> Dataset:
+    """``num_train`` training images drawn without replacement (sorted, ``default_rng(seed)``) and the
+    first ``num_test`` test images; None keeps all of them.
+
+    Raises:
+      ValueError: naming ``num_train`` when it exceeds the training images.
+    """
+    x_train, y_train, x_test, y_test = dataset
+    if num_train is not None:
+        if num_train > len(y_train):
+            raise ValueError(f"config key 'num_train' ({num_train}) exceeds the {len(y_train)} training images")
+        keep = np.sort(np.random.default_rng(seed).choice(len(y_train), num_train, replace=False))
+        x_train, y_train = x_train[keep], y_train[keep]
+    if num_test is not None:
+        x_test, y_test = x_test[:num_test], y_test[:num_test]
+    return Dataset(x_train, y_train, x_test, y_test)
 
 
 def as_inputs(images: np.ndarray) -> np.ndarray:

@@ -92,15 +92,8 @@ class CNN(nn.Module):
 
 
 def _load(config: Config):
-    x_train, y_train, x_test, y_test = data.load(config.dataset, config.data)
-    rng = np.random.default_rng(config.seed)
-    if config.num_train is not None:
-        if config.num_train > len(y_train):
-            raise ValueError(f"config key 'num_train' ({config.num_train}) exceeds the {len(y_train)} training images")
-        keep = np.sort(rng.choice(len(y_train), config.num_train, replace=False))
-        x_train, y_train = x_train[keep], y_train[keep]
-    if config.num_test is not None:
-        x_test, y_test = x_test[: config.num_test], y_test[: config.num_test]
+    x_train, y_train, x_test, y_test = data.subset(data.load(config.dataset, config.data), num_train=config.num_train,
+                                                   num_test=config.num_test, seed=config.seed)
     images = lambda x: data.as_inputs(x).reshape(len(x), 28, 28, 1)  # noqa: E731
     return images(x_train), y_train.astype(np.int32), images(x_test), y_test.astype(np.int32)
 

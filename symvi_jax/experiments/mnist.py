@@ -224,16 +224,8 @@ def _method_k(method: str, default_k: int):
 
 
 def _load(config: Config):
-    dataset = data.load(config.dataset, config.data)
-    rng = np.random.default_rng(config.seed)
-    x_train, y_train, x_test, y_test = dataset
-    if config.num_train is not None:
-        if config.num_train > len(y_train):
-            raise ValueError(f"config key 'num_train' ({config.num_train}) exceeds the {len(y_train)} training images")
-        keep = np.sort(rng.choice(len(y_train), config.num_train, replace=False))
-        x_train, y_train = x_train[keep], y_train[keep]
-    if config.num_test is not None:
-        x_test, y_test = x_test[: config.num_test], y_test[: config.num_test]
+    x_train, y_train, x_test, y_test = data.subset(data.load(config.dataset, config.data), num_train=config.num_train,
+                                                   num_test=config.num_test, seed=config.seed)
     ood = None
     if config.ood:
         other = "fashion_mnist" if config.dataset == "mnist" else "mnist"
