@@ -22,3 +22,17 @@ def make_mlp(key, in_features, features, activation=jax.nn.relu, use_bias=True, 
     params = model.init(key, jnp.zeros((1, in_features), dtype=dtype))["params"]
     params = jax.tree.map(lambda p: p.astype(dtype), params)
     return model, params
+
+
+def small_classification_problem():
+    """A 2 -> 4 -> 3 MLP, its Dense-chain group, a categorical log-likelihood and one batch of 8."""
+    import numpy as np
+
+    from symvi_jax import PermutationGroup, likelihoods
+
+    model = MLP(features=(4, 3))
+    params = model.init(jax.random.key(0), jnp.zeros((1, 2)))["params"]
+    loglik = likelihoods.categorical(lambda p, x: model.apply({"params": p}, x))
+    rng = np.random.default_rng(0)
+    batch = (jnp.asarray(rng.normal(size=(8, 2)), jnp.float32), jnp.asarray(rng.integers(0, 3, 8), jnp.int32))
+    return params, PermutationGroup.from_params(params), loglik, batch

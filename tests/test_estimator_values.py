@@ -7,22 +7,15 @@ turns them into the same values, so both spellings give the same numbers for the
 import dataclasses
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
 
-from symvi_jax import MLP, PermutationGroup, likelihoods, meanfield, objectives, orbits, vi
+from symvi_jax import meanfield, objectives, orbits, vi
 from symvi_jax.orbits import Exact, Importance, InfoNCE
+from fixtures import small_classification_problem
 
-
-def _problem():
-    model = MLP(features=(4, 3))
-    params = model.init(jax.random.key(0), jnp.zeros((1, 2)))["params"]
-    loglik = likelihoods.categorical(lambda p, x: model.apply({"params": p}, x))
-    rng = np.random.default_rng(0)
-    batch = (jnp.asarray(rng.normal(size=(8, 2)), jnp.float32), jnp.asarray(rng.integers(0, 3, 8), jnp.int32))
-    return params, PermutationGroup.from_params(params), loglik, batch
+_problem = small_classification_problem
 
 
 def test_values_are_frozen_hashable_and_equal_by_value():

@@ -1,21 +1,14 @@
 """Training with ``estimator="importance"``: the option threads through objectives and vi.build."""
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
 
-from symvi_jax import MLP, PermutationGroup, likelihoods, objectives, orbits, vi
+from symvi_jax import objectives, orbits, vi
+from fixtures import small_classification_problem
 
-
-def _problem():
-    model = MLP(features=(4, 3))
-    params = model.init(jax.random.key(0), jnp.zeros((1, 2)))["params"]
-    loglik = likelihoods.categorical(lambda p, x: model.apply({"params": p}, x))
-    rng = np.random.default_rng(0)
-    batch = (jnp.asarray(rng.normal(size=(8, 2)), jnp.float32), jnp.asarray(rng.integers(0, 3, 8), jnp.int32))
-    return params, PermutationGroup.from_params(params), loglik, batch
+_problem = small_classification_problem
 
 
 def test_importance_step_trains_and_compiles_once():
