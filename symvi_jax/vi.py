@@ -49,6 +49,7 @@ __all__ = [
     "step",
     "sample",
     "run",
+    "run_epochs",
     "fit",
 ]
 
@@ -343,16 +344,32 @@ def run(
 ) -> tuple[VIState, VIInfo]:
     """``num_epochs`` passes over ``data`` in shuffled minibatches: a pure ``lax.scan``, no host work.
 
-    The key schedule is :func:`fit`'s (``symvi_jax.training``): epoch e uses ``key_e = fold_in(rng_key, e)``, its
-    data order is ``permutation(split(key_e)[0], N)`` (the last incomplete minibatch is dropped)
-    and step i of the epoch uses ``split(split(key_e)[1], N // batch_size)[i]``. It is not jitted:
-    jit it, or ``jax.jit(jax.vmap(...))`` it over seeds, at the outermost scope. Use :func:`fit`
-    for validation of the data, checkpoints, a progress bar and ``NonFiniteError``.
+    The key schedule is :func:`fit`'s (``symvi_jax.training``): epoch e uses
+    ``key_e = fold_in(rng_key, e)`` and then :func:`run_epochs`'s schedule within the epoch. It is
+    not jitted: jit it, or ``jax.jit(jax.vmap(...))`` it over seeds, at the outermost scope. Use
+    :func:`fit` for validation of the data, checkpoints, a progress bar and ``NonFiniteError``.
 
     Returns:
       The final state and the per-step ``VIInfo`` stacked to shape ``(num_epochs, N // batch_size)``.
     """
     _checks.positive_int(num_epochs, "num_epochs")
+    epoch_keys = jax.vmap(lambda e: jax.random.fold_in(rng_key, e))(jnp.arange(num_epochs))
+    return run_epochs(algorithm, state, data, epoch_keys, batch_size=batch_size)
+
+
+def run_epochs(algorithm: VIAlgorithm, state: VIState, data: Any, epoch_keys: PRNGKey, *,
+               batch_size: int) -> tuple[VIState, VIInfo]:
+    """One shuffled pass over ``data`` per key of ``epoch_keys`` (shape ``(E,)``): a pure ``lax.scan``.
+
+    Epoch e with key ``key_e`` visits the examples in the order ``permutation(split(key_e)[0], N)``
+    (the last incomplete minibatch is dropped, so every step has the same shapes) and step i uses
+    ``split(split(key_e)[1], N // batch_size)[i]``. :func:`run` derives the epoch keys from one key;
+    this function takes them as data, for a schedule of one's own. ``algorithm`` needs only a
+    ``step`` (a ``vmap`` of several algorithms' steps over a stacked state serves as well).
+
+    Returns:
+      The final state and the per-step infos stacked to shape ``(E, N // batch_size)``.
+    """
     _checks.positive_int(batch_size, "batch_size")
     size = jax.tree.leaves(data)[0].shape[0]
     if batch_size > size:
@@ -370,7 +387,6 @@ def run(
 
         return jax.lax.scan(one_step, state, (order, jax.random.split(key_steps, num_batches)))
 
-    epoch_keys = jax.vmap(lambda e: jax.random.fold_in(rng_key, e))(jnp.arange(num_epochs))
     return jax.lax.scan(epoch, state, epoch_keys)
 
 

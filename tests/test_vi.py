@@ -213,3 +213,29 @@ def test_run_vmaps_over_seeds():
     single = jax.jit(lambda k: vi.run(k, algorithm, state, data, num_epochs=2, batch_size=8))
     for i, key in enumerate(keys):
         jax.tree.map(lambda a, b: np.testing.assert_allclose(a[i], b, rtol=1e-5, atol=1e-6), many, single(key))
+
+
+def test_run_epochs_takes_its_own_key_schedule_and_a_vmapped_step():
+    """run_epochs with the epoch keys as data: a hand-written epoch loop, and two algorithms' steps
+    over a stacked state with a shared step key (common random numbers) equal each run alone."""
+    algorithm, state, data = _run_problem()
+    epoch_keys = jax.random.split(jax.random.key(3), 2)
+    ran, infos = jax.jit(lambda s: vi.run_epochs(algorithm, s, data, epoch_keys, batch_size=8))(state)
+    assert infos.objective.shape == (2, 3)
+    manual = state
+    for key in epoch_keys:  # the documented schedule, written out
+        key_order, key_steps = jax.random.split(key)
+        order = jax.random.permutation(key_order, 24)[:24].reshape(3, 8)
+        for index, step_key in zip(order, jax.random.split(key_steps, 3)):
+            manual, _ = jax.jit(algorithm.step)(step_key, manual, jax.tree.map(lambda x: x[index], data))
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), ran.params, manual.params)
+
+    mfvi = vi.build(algorithm.loglikelihood_fn, optax.adam(1e-2), data_size=24)
+    stacked = jax.tree.map(lambda a, b: jnp.stack([a, b]), state, mfvi.init(state.params.loc))
+    both = vi.VIAlgorithm(init=None, step=lambda k, s, b: (
+        jax.tree.map(lambda x, y: jnp.stack([x, y]), *(alg.step(k, jax.tree.map(lambda x: x[i], s), b)
+                                                      for i, alg in enumerate((algorithm, mfvi))))), sample=None)
+    together, _ = jax.jit(lambda s: vi.run_epochs(both, s, data, epoch_keys, batch_size=8))(stacked)
+    alone = jax.jit(lambda s: vi.run_epochs(mfvi, s, data, epoch_keys, batch_size=8))(mfvi.init(state.params.loc))[0]
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a[0], b, rtol=1e-5, atol=1e-6), together.params, ran.params)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a[1], b, rtol=1e-5, atol=1e-6), together.params, alone.params)

@@ -96,11 +96,9 @@ def _train_and_evaluate(config: Config, method: str):
         loc = jax.tree.map(lambda p: config.init_loc_scale * jax.random.normal(key_init, p.shape), trainable)
         state = algorithm.init(loc)
 
-        def body(state, key):
-            state, info = algorithm.step(key, state, train)
-            return state, info.objective
-
-        state, trace = jax.lax.scan(body, state, jax.random.split(key_steps, config.num_steps))
+        # full batch: one step per pass over the training set
+        state, infos = vi.run(key_steps, algorithm, state, train, num_epochs=config.num_steps,
+                              batch_size=config.num_train)
         q = state.params
         mean = predict.predictive_mean(key_pred, q, apply_fn, x_test, num_samples=1000, chunk_size=100)
         value, info = objectives.symmetrized_elbo(
@@ -117,7 +115,7 @@ def _train_and_evaluate(config: Config, method: str):
             mutual_information=info.mutual_information,
             mi_fraction=info.mutual_information / info.log_group_order,
             mode_distance=mode_distance,
-            final_objective=trace[-1],
+            final_objective=infos.objective[-1, -1],
         )
 
     keys = jax.random.split(jax.random.key(config.seed), config.num_seeds)

@@ -242,24 +242,12 @@ def _train(config: Config) -> dict:
         "sgm": vi.build(prob.loglikelihood_fn, optax.adam(config.learning_rate), objective="symmetrized_elbo",
                         group=prob.group, num_permutations=config.num_permutations, frozen=prob.frozen, **common),
     }
-    steps_per_epoch = config.num_train // config.batch_size
     n = config.num_train
 
     def fit(algorithm, train, loc, key_epochs):
-        def epoch(state, key):
-            key_order, key_steps = jax.random.split(key)
-            order = jax.random.permutation(key_order, n).reshape(steps_per_epoch, config.batch_size)
-
-            def body(state, xs):
-                index, key_step = xs
-                batch = jax.tree.map(lambda a: jnp.take(a, index, axis=0), train)
-                state, info = algorithm.step(key_step, state, batch)
-                return state, info.objective
-
-            return jax.lax.scan(body, state, (order, jax.random.split(key_steps, steps_per_epoch)))
-
-        state, trace = jax.lax.scan(epoch, algorithm.init(loc), jax.random.split(key_epochs, config.num_epochs))
-        return state.params, trace[-1, -1]
+        state, infos = vi.run_epochs(algorithm, algorithm.init(loc), train,
+                                     jax.random.split(key_epochs, config.num_epochs), batch_size=config.batch_size)
+        return state.params, infos.objective[-1, -1]
 
     def evaluate(q, train, test, key_pred, key_eval, key_perm, alpha):
         x_test, y_test = test
