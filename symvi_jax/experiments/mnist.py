@@ -243,7 +243,6 @@ def _train_program(config: Config, width: int, size: int, num_inputs: int, metho
     It returns the final variational parameters with one leading run axis, method-major (run
     r = method r // S, seed r % S), and the per-epoch stats with shape (runs, epochs).
     """
-    steps = size // config.batch_size
     features = (width,) * config.num_hidden_layers + (_NUM_CLASSES,)
     model = MLP(features=features)
 
@@ -285,26 +284,20 @@ def _train_program(config: Config, width: int, size: int, num_inputs: int, metho
                                                   for k, x in zip(leaf_keys, leaves)])
         states = jax.vmap(lambda k, w: build(k, w).init(params))(ks, weights)
 
-        def epoch(states, key_epoch):
-            key_order, key_steps = jax.random.split(key_epoch)
-            order = jax.random.permutation(key_order, size)[: steps * config.batch_size]
-            order = order.reshape(steps, config.batch_size)
+        def step(key_step, states, batch):
+            x, y = batch
+            batch = (x.astype(jnp.float32) / 255.0, y)
+            return jax.vmap(lambda state, k, w: build(k, w).step(key_step, state, batch))(states, ks, weights)
 
-            def body(states, xs):
-                index, key_step = xs
-                batch = (x_all[index].astype(jnp.float32) / 255.0, y_all[index])
-                return jax.vmap(lambda state, k, w: build(k, w).step(key_step, state, batch))(states, ks, weights)
-
-            states, infos = jax.lax.scan(body, states, (order, jax.random.split(key_steps, steps)))
-            stats = {
-                "elbo": jnp.mean(infos.expected_loglikelihood - infos.kl, axis=0),
-                "objective": jnp.mean(infos.objective, axis=0),
-                "mutual_information": jnp.mean(infos.mutual_information, axis=0),
-                "nonfinite_steps": jnp.sum(~jnp.isfinite(infos.objective), axis=0),
-            }
-            return states, stats
-
-        states, stats = jax.lax.scan(epoch, states, jax.random.split(key_epochs, config.num_epochs))
+        methods_step = vi.VIAlgorithm(init=None, step=step, sample=None)
+        states, infos = vi.run_epochs(methods_step, states, (x_all, y_all),
+                                      jax.random.split(key_epochs, config.num_epochs), batch_size=config.batch_size)
+        stats = {  # infos: (epochs, steps, methods) -> (epochs, methods)
+            "elbo": jnp.mean(infos.expected_loglikelihood - infos.kl, axis=1),
+            "objective": jnp.mean(infos.objective, axis=1),
+            "mutual_information": jnp.mean(infos.mutual_information, axis=1),
+            "nonfinite_steps": jnp.sum(~jnp.isfinite(infos.objective), axis=1),
+        }
         return states.params, stats  # leaves (methods, ...); stats (epochs, methods)
 
     def train_fn(keys, x_all, y_all):
