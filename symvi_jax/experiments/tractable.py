@@ -503,11 +503,20 @@ def _conclusions(config: Config, rows) -> dict:
 
 
 def _markdown(config: Config, rows, evaluation, sensitivity) -> str:
-    n = config.num_seeds
-    alphas = config.alphas
-    header = "| | " + " | ".join(f"a = {a:g}" for a in alphas) + " |"
-    rule = "| --- |" + " --- |" * len(alphas)
-    lines = [
+    """The report: setup, Tables 2 and 3, the exact-posterior comparison, q's placement, HMC, conclusions."""
+    header = "| | " + " | ".join(f"a = {a:g}" for a in config.alphas) + " |"
+    table = [header, "| --- |" + " --- |" * len(config.alphas)]
+    lines = _setup_section(config) + _table2_section(config, rows, table) + _table3_section(config, rows, table)
+    lines += _posterior_section(config, rows, table) + _placement_section(config, rows, table)
+    if "hmc" in evaluation:
+        lines += _hmc_section(config, evaluation["hmc"], table)
+    lines += ["", "## Do the conclusions hold?", ""]
+    lines += _conclusion_table(config, [("main", _conclusions(config, rows))] + sensitivity)
+    return "\n".join(lines)
+
+
+def _setup_section(config: Config) -> list:
+    return [
         "# The tractable BNN: MFVI vs SGM against the exact posterior (Tables 2 and 3, Figure 4)",
         "",
         f"f(x) = ReLU(w1 x) + ReLU(w2 x) on y = a|x|, x ~ U[-10, 10], N = {config.num_train} train / "
@@ -516,15 +525,14 @@ def _markdown(config: Config, rows, evaluation, sensitivity) -> str:
         f"S = {config.num_samples} weight sample(s) per step, SGM with K = {config.num_permutations}. "
         f"Unstated in the paper, chosen here: noise precision tau = {config.noise_precision:g}, prior N(0, "
         f"{config.prior_scale:g}^2), initial sigma = {config.init_scale:g}, initial means ~ N(0, "
-        f"{config.init_loc_scale:g}^2). {n} seeds (mean +- std, as in the paper); MFVI and SGM share data and "
-        "initial means per seed.",
-        "",
-        "## Table 2: test MSE (predictive mean of "
-        f"{config.num_predictive_samples} draws of q)",
-        "",
-        header,
-        rule,
+        f"{config.init_loc_scale:g}^2). {config.num_seeds} seeds (mean +- std, as in the paper); MFVI and SGM share "
+        "data and initial means per seed.",
     ]
+
+
+def _table2_section(config: Config, rows, table) -> list:
+    alphas = config.alphas
+    lines = ["", f"## Table 2: test MSE (predictive mean of {config.num_predictive_samples} draws of q)", "", *table]
     for method in METHODS:
         ours = [_fmt(_values(rows, "test_mse", alpha=a, method=method)) for a in alphas]
         paper = [("%.2f +- %.2f" % PAPER_TEST_MSE[method][a]) if a in PAPER_TEST_MSE[method] else "-" for a in alphas]
@@ -532,7 +540,12 @@ def _markdown(config: Config, rows, evaluation, sensitivity) -> str:
         lines.append(f"| {METHOD_LABELS[method]} (paper) | " + " | ".join(paper) + " |")
     diffs = [_paired(rows, "test_mse", a) for a in alphas]
     lines.append("| SGM - MFVI, paired (mean +- s.e.) | " + " | ".join(f"{m:+.3f} +- {s:.3f}" for m, s in diffs) + " |")
-    lines += [
+    return lines
+
+
+def _table3_section(config: Config, rows, table) -> list:
+    alphas = config.alphas
+    lines = [
         "",
         "## Table 3: normalised training ELBO",
         "",
@@ -543,8 +556,7 @@ def _markdown(config: Config, rows, evaluation, sensitivity) -> str:
         f"the Gaussian constant 0.5 log(tau / 2 pi) = {0.5 * math.log(config.noise_precision / (2 * math.pi)):.3f} "
         "per point.",
         "",
-        header,
-        rule,
+        *table,
     ]
     for method in METHODS:
         label = METHOD_LABELS[method]
@@ -571,7 +583,12 @@ def _markdown(config: Config, rows, evaluation, sensitivity) -> str:
     lines.append("| L^G: SGM - MFVI, paired (mean +- s.e.) | " + " | ".join(f"{m:+.4f} +- {s:.4f}" for m, s in diffs) + " |")
     lines.append("| bound: max (L^G - L) = log 2 / N | " + " | ".join(f"{math.log(2) / config.num_train:.4f}" for _ in alphas) + " |")
 
-    lines += [
+    return lines
+
+
+def _posterior_section(config: Config, rows, table) -> list:
+    alphas = config.alphas
+    lines = [
         "",
         "## Against the exact posterior (grid, float64)",
         "",
@@ -579,8 +596,7 @@ def _markdown(config: Config, rows, evaluation, sensitivity) -> str:
         f"KL(q || p) = E_q[log q - log p~] + log Z and KL(q^G || p) on a {config.kl_grid_points}^2 grid adapted "
         "to q. Mean +- std over seeds.",
         "",
-        header,
-        rule,
+        *table,
     ]
     for method in METHODS:
         label = METHOD_LABELS[method]
@@ -605,6 +621,13 @@ def _markdown(config: Config, rows, evaluation, sensitivity) -> str:
         f"Checks: posterior mass in the outermost ring of grid cells <= {worst_edge:.1e}; q's mass on its KL "
         f"grid >= {worst_mass:.6f}; |L_MC - L_grid| / N <= {max(z):.4f} (Monte Carlo error of L over "
         f"{config.num_eval_samples} draws).",
+    ]
+    return lines
+
+
+def _placement_section(config: Config, rows, table) -> list:
+    alphas = config.alphas
+    lines = [
         "",
         "## Where q's mean sits",
         "",
@@ -614,8 +637,7 @@ def _markdown(config: Config, rows, evaluation, sensitivity) -> str:
         "unexplained), 'mode' otherwise. 'interpolation' is (1 - |t|) / 2 (Section 3's measure: 0 on a "
         "mode, 0.5 midway).",
         "",
-        header,
-        rule,
+        *table,
     ]
     for method in METHODS:
         sel = {a: _select(rows, alpha=a, method=method) for a in alphas}
@@ -628,34 +650,30 @@ def _markdown(config: Config, rows, evaluation, sensitivity) -> str:
                      + " | ".join(_fmt(_values(rows, "interpolation", alpha=a, method=method)) for a in alphas) + " |")
         lines.append(f"| {METHOD_LABELS[method]}: mean sigma of q | "
                      + " | ".join(f"{np.mean([np.mean(r['scale']) for r in sel[a]]):.4f}" for a in alphas) + " |")
+    return lines
 
-    if "hmc" in evaluation:
-        h = evaluation["hmc"]
-        lines += [
-            "",
-            "## HMC reference",
-            "",
-            f"BlackJAX NUTS, {config.hmc_chains} chains started from the prior, {config.hmc_warmup} window-adaptation "
-            f"steps and {config.hmc_samples} draws each, every draw swapped with probability 1/2; on the "
-            f"posterior of seed {config.figure_seed}. TV is the total variation between the HMC draws and the grid "
-            f"on {config.grid_points // config.tv_bin_factor}^2 bins; 'floor' is the TV of as many exact i.i.d. "
-            "draws from the grid (mean of 5), i.e. what TV is for a perfect sampler. R-hat and ESS on the sorted "
-            "weights (invariant under G), before symmetrization.",
-            "",
-            header,
-            rule,
-            "| TV(HMC, grid) | " + " | ".join(f"{v:.4f}" for v in h["tv"]) + " |",
-            "| TV floor (i.i.d. grid draws) | " + " | ".join(f"{v:.4f}" for v in h["tv_floor"]) + " |",
-            "| max R-hat | " + " | ".join(f"{v:.3f}" for v in h["rhat"]) + " |",
-            "| min ESS | " + " | ".join(f"{v:.0f}" for v in h["ess"]) + " |",
-            "| mean acceptance | " + " | ".join(f"{np.mean(v):.2f}" for v in h["acceptance"]) + " |",
-            "| divergences | " + " | ".join(f"{int(np.sum(v))}" for v in h["divergent"]) + " |",
-            "| chains visiting both modes | " + " | ".join(f"{v}/{config.hmc_chains}" for v in h["both_modes_chains"]) + " |",
-        ]
 
-    lines += ["", "## Do the conclusions hold?", ""]
-    lines += _conclusion_table(config, [("main", _conclusions(config, rows))] + sensitivity)
-    return "\n".join(lines)
+def _hmc_section(config: Config, h, table) -> list:
+    return [
+        "",
+        "## HMC reference",
+        "",
+        f"BlackJAX NUTS, {config.hmc_chains} chains started from the prior, {config.hmc_warmup} window-adaptation "
+        f"steps and {config.hmc_samples} draws each, every draw swapped with probability 1/2; on the "
+        f"posterior of seed {config.figure_seed}. TV is the total variation between the HMC draws and the grid "
+        f"on {config.grid_points // config.tv_bin_factor}^2 bins; 'floor' is the TV of as many exact i.i.d. "
+        "draws from the grid (mean of 5), i.e. what TV is for a perfect sampler. R-hat and ESS on the sorted "
+        "weights (invariant under G), before symmetrization.",
+        "",
+        *table,
+        "| TV(HMC, grid) | " + " | ".join(f"{v:.4f}" for v in h["tv"]) + " |",
+        "| TV floor (i.i.d. grid draws) | " + " | ".join(f"{v:.4f}" for v in h["tv_floor"]) + " |",
+        "| max R-hat | " + " | ".join(f"{v:.3f}" for v in h["rhat"]) + " |",
+        "| min ESS | " + " | ".join(f"{v:.0f}" for v in h["ess"]) + " |",
+        "| mean acceptance | " + " | ".join(f"{np.mean(v):.2f}" for v in h["acceptance"]) + " |",
+        "| divergences | " + " | ".join(f"{int(np.sum(v))}" for v in h["divergent"]) + " |",
+        "| chains visiting both modes | " + " | ".join(f"{v}/{config.hmc_chains}" for v in h["both_modes_chains"]) + " |",
+    ]
 
 
 def _conclusion_table(config: Config, entries) -> list:
