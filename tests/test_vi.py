@@ -29,7 +29,7 @@ def test_jitted_step_compiles_once_and_has_finite_gradients(next_key, objective)
     assert isinstance(state, vi.VIState) and isinstance(info, vi.VIInfo)
     assert np.isfinite(info.grad_norm) and info.grad_norm > 0
     assert np.isfinite(info.objective)
-    assert all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree.leaves(state.params))
+    assert all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree.leaves(state.q))
     draws = algorithm.sample(next_key(), state, 5)
     assert draws["Dense_0"]["kernel"].shape == (5, 3, 4)
 
@@ -70,7 +70,7 @@ def test_fit_reports_the_first_non_finite_step(next_key):
     with pytest.raises(vi.NonFiniteError, match="step 5") as err:
         vi.fit(next_key(), algorithm, algorithm.init(params), data, num_epochs=5, batch_size=2, progress_bar=False)
     assert err.value.step == 5
-    last = err.value.state.params.loc["Dense_0"]["kernel"][0, 0]
+    last = err.value.state.q.loc["Dense_0"]["kernel"][0, 0]
     assert np.isfinite(last) and abs(float(last) - 0.5) < 1e-3  # the state before the bad update
 
 
@@ -94,7 +94,7 @@ def test_mean_field_recovers_an_exact_gaussian_posterior(next_key):
                          init_scale=0.5)
     state, _ = vi.fit(next_key(), algorithm, algorithm.init(params), (x, y), num_epochs=1500, batch_size=20,
                       progress_bar=False)
-    q = state.params
+    q = state.q
     got_mean = jnp.concatenate([q.loc["Dense_0"]["kernel"][:, 0], q.loc["Dense_0"]["bias"]])
     scale = meanfield.scale(q)
     got_std = jnp.concatenate([scale["Dense_0"]["kernel"][:, 0], scale["Dense_0"]["bias"]])
@@ -203,7 +203,7 @@ def test_run_follows_fits_key_schedule():
     fitted, history = vi.fit(key, algorithm, state, data, num_epochs=2, batch_size=8, progress_bar=False)
     assert infos.objective.shape == history.objective.shape == (2, 3)
     np.testing.assert_allclose(infos.objective, history.objective, rtol=1e-5)
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), ran.params, fitted.params)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), ran.q, fitted.q)
 
 
 def test_run_vmaps_over_seeds():
@@ -228,14 +228,14 @@ def test_run_epochs_takes_its_own_key_schedule_and_a_vmapped_step():
         order = jax.random.permutation(key_order, 24)[:24].reshape(3, 8)
         for index, step_key in zip(order, jax.random.split(key_steps, 3)):
             manual, _ = jax.jit(algorithm.step)(step_key, manual, jax.tree.map(lambda x: x[index], data))
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), ran.params, manual.params)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), ran.q, manual.q)
 
     mfvi = vi.build(algorithm.loglikelihood_fn, optax.adam(1e-2), data_size=24)
-    stacked = jax.tree.map(lambda a, b: jnp.stack([a, b]), state, mfvi.init(state.params.loc))
+    stacked = jax.tree.map(lambda a, b: jnp.stack([a, b]), state, mfvi.init(state.q.loc))
     both = vi.VIAlgorithm(init=None, step=lambda k, s, b: (
         jax.tree.map(lambda x, y: jnp.stack([x, y]), *(alg.step(k, jax.tree.map(lambda x: x[i], s), b)
                                                       for i, alg in enumerate((algorithm, mfvi))))), sample=None)
     together, _ = jax.jit(lambda s: vi.run_epochs(both, s, data, epoch_keys, batch_size=8))(stacked)
-    alone = jax.jit(lambda s: vi.run_epochs(mfvi, s, data, epoch_keys, batch_size=8))(mfvi.init(state.params.loc))[0]
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a[0], b, rtol=1e-5, atol=1e-6), together.params, ran.params)
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a[1], b, rtol=1e-5, atol=1e-6), together.params, alone.params)
+    alone = jax.jit(lambda s: vi.run_epochs(mfvi, s, data, epoch_keys, batch_size=8))(mfvi.init(state.q.loc))[0]
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a[0], b, rtol=1e-5, atol=1e-6), together.q, ran.q)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a[1], b, rtol=1e-5, atol=1e-6), together.q, alone.q)

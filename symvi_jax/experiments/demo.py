@@ -99,7 +99,7 @@ def _train_and_evaluate(config: Config, method: str):
         # full batch: one step per pass over the training set
         state, infos = vi.run(key_steps, algorithm, state, train, num_epochs=config.num_steps,
                               batch_size=config.num_train)
-        q = state.params
+        q = state.q
         mean = predict.predictive_mean(key_pred, q, apply_fn, x_test, num_samples=1000, chunk_size=100)
         value, info = objectives.symmetrized_elbo(
             key_eval, q, train, loglikelihood_fn=loglik, group=group, data_size=config.num_train,

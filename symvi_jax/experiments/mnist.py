@@ -298,7 +298,7 @@ def _train_program(config: Config, width: int, size: int, num_inputs: int, metho
             "mutual_information": jnp.mean(infos.mutual_information, axis=1),
             "nonfinite_steps": jnp.sum(~jnp.isfinite(infos.objective), axis=1),
         }
-        return states.params, stats  # leaves (methods, ...); stats (epochs, methods)
+        return states.q, stats  # leaves (methods, ...); stats (epochs, methods)
 
     def train_fn(keys, x_all, y_all):
         q, stats = jax.vmap(one_seed, in_axes=(0, None, None))(keys, x_all, y_all)

@@ -247,7 +247,7 @@ def _train(config: Config) -> dict:
     def fit(algorithm, train, loc, key_epochs):
         state, infos = vi.run_epochs(algorithm, algorithm.init(loc), train,
                                      jax.random.split(key_epochs, config.num_epochs), batch_size=config.batch_size)
-        return state.params, infos.objective[-1, -1]
+        return state.q, infos.objective[-1, -1]
 
     def evaluate(q, train, test, key_pred, key_eval, key_perm, alpha):
         x_test, y_test = test
