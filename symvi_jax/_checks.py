@@ -8,13 +8,14 @@ safe inside a function the user jits.
 from __future__ import annotations
 
 import hashlib
+import warnings
 from typing import Optional
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["all_finite", "data_digest", "finite_data", "is_int", "key_to_data", "mean_field_state", "positive", "positive_float",
+__all__ = ["all_finite", "data_digest", "deprecated_alias", "finite_data", "is_int", "key_to_data", "mean_field_state", "positive", "positive_float",
            "positive_int", "prior_scale", "rng_key"]
 
 
@@ -152,3 +153,19 @@ def data_digest(data) -> str:
         digest.update(f"{x.shape}{x.dtype}".encode())
         digest.update(x.tobytes())
     return digest.hexdigest()
+
+
+def deprecated_alias(value, alias_value, name: str, alias: str, hint: str = "", stacklevel: int = 2):
+    """``value``, or ``alias_value`` with a ``DeprecationWarning`` when only the old keyword ``alias`` was given.
+
+    Both given is a ValueError naming them. ``stacklevel`` counts frames from the caller (1: the caller, 2:
+    its caller, the default), as for ``warnings.warn``.
+    """
+    if alias_value is None:
+        return value
+    if value is not None:
+        raise ValueError(f"pass {name} only; {alias} is its deprecated alias, got both "
+                         f"({name}={value!r}, {alias}={alias_value!r})")
+    warnings.warn(f"{alias}= is deprecated: use {name}=" + (f" ({hint})" if hint else ""), DeprecationWarning,
+                  stacklevel=stacklevel + 1)
+    return alias_value

@@ -29,12 +29,10 @@ Both functions have the signature ``fn(rng_key, q, batch, **config) -> (value, O
 from __future__ import annotations
 
 import functools
-import warnings
 from typing import Callable, Mapping, NamedTuple, Optional, Union
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from symvi_jax import _checks
 from symvi_jax import likelihoods, meanfield, orbits
@@ -80,29 +78,16 @@ def check_prior_invariant(group: WeightSymmetry, prior_scale) -> None:
 
 def _check_tempering(kl_weight, likelihood_temperature) -> None:
     """kl_weight (beta) and likelihood_temperature (T): finite numbers > 0."""
-    for name, value in (("kl_weight", kl_weight), ("likelihood_temperature", likelihood_temperature)):
-        if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)) or not (
-            np.isfinite(value) and value > 0
-        ):
-            raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
+    _checks.positive_float(kl_weight, "kl_weight")
+    _checks.positive_float(likelihood_temperature, "likelihood_temperature")
 
 
 def _proposal_temperature(proposal_temperature, temperature, stacklevel: int = 3):
     """Resolve ``proposal_temperature`` and its deprecated alias ``temperature``."""
-    if temperature is None:
-        return proposal_temperature
-    if proposal_temperature is not None:
-        raise ValueError(
-            "pass proposal_temperature only; temperature is its deprecated alias, got both "
-            f"(proposal_temperature={proposal_temperature!r}, temperature={temperature!r})"
-        )
-    warnings.warn(
-        "temperature= is deprecated: use proposal_temperature= (it tempers the importance proposal over "
-        "permutations; likelihood_temperature= and kl_weight= temper the posterior)",
-        DeprecationWarning,
-        stacklevel=stacklevel,
-    )
-    return temperature
+    return _checks.deprecated_alias(
+        proposal_temperature, temperature, "proposal_temperature", "temperature",
+        "it tempers the importance proposal over permutations; likelihood_temperature= and kl_weight= temper "
+        "the posterior", stacklevel=stacklevel)
 
 
 def _bind_hyper(loglikelihood_fn, prior_scale, hyper):

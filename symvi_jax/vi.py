@@ -227,8 +227,12 @@ def build(
       score_correction: for ``estimator="importance"``: add the score-function term that makes
         the gradient unbiased for any proposal (``orbits.importance_terms``).
     """
-    proposal_temperature = objectives._proposal_temperature(proposal_temperature, temperature)
-    objectives._check_tempering(kl_weight, likelihood_temperature)
+    proposal_temperature = _checks.deprecated_alias(
+        proposal_temperature, temperature, "proposal_temperature", "temperature",
+        "it tempers the importance proposal over permutations; likelihood_temperature= and kl_weight= temper "
+        "the posterior")
+    _checks.positive_float(kl_weight, "kl_weight")
+    _checks.positive_float(likelihood_temperature, "likelihood_temperature")
     tempering = dict(kl_weight=kl_weight, likelihood_temperature=likelihood_temperature)
     if not callable(loglikelihood_fn):
         raise ValueError(f"loglikelihood_fn must be callable (params, batch) -> Array[M], got {type(loglikelihood_fn).__name__}")
