@@ -40,7 +40,7 @@ def positive_float(value, name: str) -> float:
     ):
         raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
     if not np.isfinite(value) or value <= 0:
-        raise ValueError(f"{name} must be finite and > 0, got {value!r}")
+        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
     return float(value)
 
 

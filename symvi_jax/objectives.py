@@ -33,6 +33,7 @@ from typing import Callable, Mapping, NamedTuple, Optional, Union
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from symvi_jax import _checks
 from symvi_jax import likelihoods, meanfield, orbits
@@ -202,6 +203,7 @@ def symmetrized_elbo(
     proposal_temperature: Optional[float] = None,
     score_correction: bool = False,
     hyper: Optional[ArrayTree] = None,
+    mi_weight=1.0,
 ) -> tuple[Array, ObjectiveInfo]:
     """L^K = L + I^K, the ELBO of the symmetrized posterior q^G (see the module docstring).
 
@@ -220,6 +222,10 @@ def symmetrized_elbo(
       chunk_size: ``lax.map`` chunk size over group elements (None: vmap).
       kl_estimator, hyper: as in :func:`elbo` (a learned prior scale must be one scalar per leaf,
         so that it stays invariant).
+      mi_weight: lambda >= 0, the weight of I^K: the value is L_{T,beta} + beta lambda I^K; 1 is L^K
+        and 0 the ELBO, with I^K still reported but held out of the gradient. It may be traced
+        (one program for MFVI and SGM runs, vmapped), as may K with
+        ``orbits.InfoNCE(K, max_permutations=K_max)``.
       Other arguments as in :func:`elbo`.
 
     Raises:
@@ -229,6 +235,7 @@ def symmetrized_elbo(
     _checks.positive_int(data_size, "data_size")
     _checks.positive_int(num_samples, "num_samples")
     _check_tempering(kl_weight, likelihood_temperature)
+    _check_mi_weight(mi_weight)
     proposal_temperature = _proposal_temperature(proposal_temperature, temperature)
     loglikelihood_fn, prior_scale = _bind_hyper(loglikelihood_fn, prior_scale, hyper)
     check_prior_invariant(as_symmetry(group), prior_scale)
@@ -240,9 +247,30 @@ def symmetrized_elbo(
     kl = _kl(q, samples, prior_scale, kl_estimator)
     terms = orbits.mutual_information_terms(key_perm, q, samples, group, estimator=estimator, chunk_size=chunk_size)
     mutual_information = jnp.mean(terms)
-    value = expected_ll / likelihood_temperature - kl_weight * kl + kl_weight * mutual_information
+    weighted = _weighted_information(mutual_information, mi_weight)
+    # beta = 1 keeps the plain sum (x / 1 = 1 * x = x, bitwise the untempered L^K)
+    penalty = kl - weighted if kl_weight != 1.0 else None
+    value = (expected_ll / likelihood_temperature - kl + weighted if penalty is None
+             else expected_ll / likelihood_temperature - kl_weight * penalty)
     log_order = jnp.asarray(group.log_order(), dtype=value.dtype)
     return value, ObjectiveInfo(value, expected_ll, kl, mutual_information, log_order)
+
+
+def _check_mi_weight(mi_weight) -> None:
+    """A concrete mi_weight must be a finite number >= 0 (a traced one is the caller's to keep so)."""
+    if isinstance(mi_weight, jax.core.Tracer):
+        return
+    value = np.asarray(mi_weight)
+    if isinstance(mi_weight, (bool, np.bool_)) or value.ndim != 0 or not np.issubdtype(value.dtype, np.number) or not (
+            np.isfinite(value) and value >= 0):
+        raise ValueError(f"mi_weight must be a finite number >= 0, got {mi_weight!r}")
+
+
+def _weighted_information(mutual_information, mi_weight):
+    """lambda I^K; lambda = 0 holds I^K out of the gradient (its value may be non-finite)."""
+    if isinstance(mi_weight, (int, float)) and mi_weight == 1:
+        return mutual_information
+    return jnp.where(mi_weight > 0, mi_weight * mutual_information, jax.lax.stop_gradient(0.0 * mutual_information))
 
 
 #: Objectives by name, for configs and the CLI.

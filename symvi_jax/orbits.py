@@ -38,7 +38,7 @@ Everything that runs over group elements is vmapped; pass ``chunk_size`` to run 
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable, ClassVar, Optional, Union
+from typing import Any, Callable, ClassVar, Optional, Union
 
 import jax
 import jax.numpy as jnp
@@ -172,9 +172,13 @@ def symmetrized_log_prob(
 # ---- estimators: fn(rng_key, q, samples, group, *, num_permutations, chunk_size) -> Array[S] --------
 
 
-def _infonce_terms(rng_key, q, samples, group, *, num_permutations, chunk_size):
-    """t_s = log K - logsumexp(0, log q(g_j^{-1}.w_s) - log q(w_s), j < K), the g_j shared by all s."""
-    k = num_permutations
+def _infonce_terms(rng_key, q, samples, group, *, num_permutations, chunk_size, max_permutations=None):
+    """t_s = log K - logsumexp(0, log q(g_j^{-1}.w_s) - log q(w_s), j < K), the g_j shared by all s.
+
+    With ``max_permutations``, K_max - 1 elements are drawn and the first K - 1 are used, so K may
+    be traced (K as data, e.g. vmapped over runs of one program).
+    """
+    k = num_permutations if max_permutations is None else max_permutations
     num_samples = jax.tree.leaves(samples)[0].shape[0]
     if k == 1:
         return jnp.zeros((num_samples,), dtype=jax.tree.leaves(samples)[0].dtype)
@@ -186,7 +190,12 @@ def _infonce_terms(rng_key, q, samples, group, *, num_permutations, chunk_size):
         return assignment_log_ratios(q, w, assignments, group, chunk_size=chunk_size)
 
     ratios = jax.vmap(per_sample)(samples)  # (S, K-1)
-    return jnp.log(k) - jax.nn.logsumexp(jnp.concatenate([jnp.zeros_like(ratios[:, :1]), ratios], axis=1), axis=1)
+    if max_permutations is None:
+        log_k = jnp.log(k)
+    else:
+        ratios = jnp.where((jnp.arange(k - 1) < num_permutations - 1)[None, :], ratios, -jnp.inf)
+        log_k = jnp.log(jnp.asarray(num_permutations, ratios.dtype))
+    return log_k - jax.nn.logsumexp(jnp.concatenate([jnp.zeros_like(ratios[:, :1]), ratios], axis=1), axis=1)
 
 
 def uses_permanent(group: WeightSymmetry, params: Optional[ArrayTree] = None) -> bool:
@@ -326,17 +335,31 @@ TEMPERED_ESTIMATORS = ("importance",)
 
 @dataclasses.dataclass(frozen=True)
 class InfoNCE:
-    """The paper's InfoNCE bound over K uniform group elements (the identity is one of the K)."""
+    """The paper's InfoNCE bound over K uniform group elements (the identity is one of the K).
 
-    num_permutations: int
+    ``max_permutations`` (optional) makes K data: K_max - 1 elements are drawn and the first K - 1
+    used, so ``num_permutations`` may then be a traced integer in [1, K_max] (one compiled program
+    for every K, e.g. vmapped over runs; K = 1 gives 0).
+    """
+
+    num_permutations: Any
+    max_permutations: Optional[int] = None
     name: ClassVar[str] = "infonce"
 
     def __post_init__(self):
-        _checks.positive_int(self.num_permutations, "num_permutations (K)")
+        if self.max_permutations is None:
+            _checks.positive_int(self.num_permutations, "num_permutations (K)")
+            return
+        _checks.positive_int(self.max_permutations, "max_permutations (K_max)")
+        if not isinstance(self.num_permutations, jax.core.Tracer):
+            k = np.asarray(self.num_permutations)
+            if k.ndim != 0 or not np.issubdtype(k.dtype, np.integer) or not 1 <= int(k) <= self.max_permutations:
+                raise ValueError(f"num_permutations (K) must be an integer in [1, max_permutations = "
+                                 f"{self.max_permutations}], got {self.num_permutations!r}")
 
     def terms(self, rng_key, q, samples, group, *, chunk_size=None) -> Array:
         return _infonce_terms(rng_key, q, samples, group, num_permutations=self.num_permutations,
-                              chunk_size=chunk_size)
+                              chunk_size=chunk_size, max_permutations=self.max_permutations)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from fixtures import make_mlp
-from symvi_jax import PermutationGroup, cli, likelihoods, meanfield, objectives, predict
+from symvi_jax import PermutationGroup, cli, likelihoods, meanfield, objectives, orbits, predict
 from symvi_jax.experiments import mnist
 
 
@@ -67,9 +67,20 @@ def test_smaller_k_uses_a_prefix_and_is_capped_at_log_k(next_key):
     samples = meanfield.sample(next_key(), q, 4)
     key = next_key()
     for k in (2, 3, 5):
-        terms = jax.jit(lambda s, k=k: mnist._infonce_terms(key, q, s, group, max_permutations=5,
-                                                          num_permutations=k))(samples)
+        terms = jax.jit(lambda s, k=k: orbits.InfoNCE(k, max_permutations=5).terms(key, q, s, group))(samples)
         np.testing.assert_allclose(terms, np.log(k), rtol=1e-5)
+    # K as data: one program, K traced; at K = K_max it is the plain InfoNCE(K) on the same draws
+    traced = jax.jit(lambda s, k: orbits.InfoNCE(k, max_permutations=5).terms(key, q, s, group))
+    broad = _broad_q(next_key(), params)
+    wide = meanfield.sample(next_key(), broad, 4)
+    np.testing.assert_allclose(traced(wide, jnp.int32(5)), orbits.InfoNCE(5).terms(key, broad, wide, group), rtol=1e-6)
+    assert np.all(np.asarray(traced(wide, jnp.int32(1))) == 0)
+    for bad in (0, 6, 2.5):
+        with pytest.raises(ValueError, match="num_permutations"):
+            orbits.InfoNCE(bad, max_permutations=5)
+    with pytest.raises(ValueError, match="mi_weight"):
+        mnist.symmetrized_objective(key, broad, None, loglikelihood_fn=None, group=group, data_size=4, prior_scale=1.0,
+                                    num_samples=1, max_permutations=5, num_permutations=5, mi_weight=-1.0)
 
 
 def test_local_predictive_matches_weight_sampling(next_key, features=(4, 4, 3)):

@@ -65,7 +65,7 @@ from symvi_jax import MLP, PermutationGroup, data, diagnostics, likelihoods, mea
 from symvi_jax.experiments.stats import paired_ci
 from symvi_jax.experiments import base
 from symvi_jax.experiments.base import Result
-from symvi_jax.objectives import ObjectiveInfo
+from symvi_jax import objectives
 
 __all__ = ["Config", "run", "summarize", "PAPER_TABLE1", "symmetrized_objective", "local_predictive_probs",
            "unit_statistics"]
@@ -151,23 +151,6 @@ class Config:
 # ---- the objective ---------------------------------------------------------------------------------
 
 
-def _infonce_terms(rng_key, q, samples, group, *, max_permutations, num_permutations):
-    """The paper's I^K terms, t_s = -log[(1/K)(1 + sum_{j<K} q(g_j^{-1}.w_s) / q(w_s))] (<= log K).
-
-    ``max_permutations - 1`` elements are drawn uniformly (shared by all S samples, as in
-    ``orbits``); the first ``num_permutations - 1`` of them are used, so ``num_permutations`` may
-    be a traced value that differs between vmapped runs.
-    """
-    if max_permutations < 2:
-        return jnp.zeros(jax.tree.leaves(samples)[0].shape[0])
-    assignments = group.sample(rng_key, max_permutations - 1)  # sigma_j = g_j^{-1}, uniform like g_j
-    ratios = jax.vmap(lambda w: orbits.assignment_log_ratios(q, w, assignments, group))(samples)  # (S, K_max - 1)
-    used = jnp.arange(max_permutations - 1) < (num_permutations - 1)
-    ratios = jnp.where(used[None, :], ratios, -jnp.inf)
-    log_mean = jax.nn.logsumexp(jnp.concatenate([jnp.zeros_like(ratios[:, :1]), ratios], axis=1), axis=1)
-    return jnp.log(jnp.asarray(num_permutations, ratios.dtype)) - log_mean
-
-
 def symmetrized_objective(
     rng_key,
     q,
@@ -184,24 +167,14 @@ def symmetrized_objective(
 ):
     """L + mi_weight * I^K on one minibatch: MFVI for weight 0, SGM (L^K) for weight 1.
 
-    Same randomness layout and value as ``objectives.symmetrized_elbo`` with the ``infonce``
-    estimator (key split into weight-sample and permutation keys; closed-form KL), but with
-    K and the weight as (possibly traced) arguments. The returned
-    ``mutual_information`` is the I^K reading whether or not it is weighted into the objective;
-    with weight 0 it is held out of the gradient.
+    ``objectives.symmetrized_elbo`` with ``orbits.InfoNCE(K, max_permutations=K_max)``: K and the
+    weight may be traced, so every method of a width is one program (vmapped over methods).
     """
-    key_sample, key_perm = jax.random.split(rng_key)
-    samples = meanfield.sample(key_sample, q, num_samples)
-    per_example = jax.vmap(lambda w: loglikelihood_fn(w, batch))(samples)
-    expected_ll = data_size * jnp.mean(per_example)
-    kl = meanfield.kl_to_normal(q, prior_scale)
-    terms = _infonce_terms(key_perm, q, samples, group, max_permutations=max_permutations,
-                           num_permutations=num_permutations)
-    mutual_information = jnp.mean(terms)
-    weighted = jnp.where(mi_weight > 0, mi_weight * mutual_information, jax.lax.stop_gradient(0.0 * mutual_information))
-    value = expected_ll - kl + weighted
-    log_order = jnp.asarray(group.log_order(), dtype=value.dtype)
-    return value, ObjectiveInfo(value, expected_ll, kl, mutual_information, log_order)
+    return objectives.symmetrized_elbo(
+        rng_key, q, batch, loglikelihood_fn=loglikelihood_fn, group=group, data_size=data_size,
+        prior_scale=prior_scale, num_samples=num_samples, mi_weight=mi_weight,
+        estimator=orbits.InfoNCE(num_permutations, max_permutations=max_permutations),
+    )
 
 
 # ---- predictions -----------------------------------------------------------------------------------
@@ -338,12 +311,9 @@ def _evaluate_program(config: Config, apply_fn, group):
             out["entropy_out"] = predict.predictive_entropy(probs_fn(key_ood, q_run, ood))
         key_sample, key_perm = jax.random.split(key_mi)
         samples = meanfield.sample(key_sample, q_run, config.mi_num_samples)
+        estimator = orbits.InfoNCE(config.mi_num_permutations, max_permutations=config.mi_num_permutations)
         terms = jax.lax.map(
-            lambda w: _infonce_terms(key_perm, q_run, jax.tree.map(lambda x: x[None], w), group,
-                                     max_permutations=config.mi_num_permutations,
-                                     num_permutations=config.mi_num_permutations)[0],
-            samples,
-        )
+            lambda w: estimator.terms(key_perm, q_run, jax.tree.map(lambda x: x[None], w), group)[0], samples)
         out["mi_estimate"] = jnp.mean(terms)
         out["mi_estimate_se"] = jnp.std(terms) / jnp.sqrt(config.mi_num_samples)
         out["units"] = unit_statistics(q_run, names, config.prior_scale)
