@@ -173,8 +173,8 @@ def test_empirical_bayes_prior_scale_gradient_vanishes_at_its_closed_form_optimu
 
     def grad_log_prior_scale(log_scale, fn, **kwargs):
         hyper = {"log_noise_precision": jnp.zeros(()), "log_prior_scale": log_scale}
-        return jax.grad(lambda h: fn(jax.random.key(0), q, data, loglikelihood_fn=loglik, data_size=32,
-                                     hyper=h, **kwargs)[0])(hyper)["log_prior_scale"]
+        return jax.jit(jax.grad(lambda h: fn(jax.random.key(0), q, data, loglikelihood_fn=loglik, data_size=32,
+                                             hyper=h, **kwargs)[0]))(hyper)["log_prior_scale"]
 
     group = infer_symmetry(apply_fn, params, data[0][:4])
     for fn, kwargs in ((objectives.elbo, {}), (objectives.symmetrized_elbo, dict(group=group, num_permutations=3))):
@@ -301,3 +301,19 @@ def test_checkpoint_written_with_the_old_field_name_restores(tmp_path):
                        data_size=16)
     with pytest.raises(ValueError, match="saved before hyperparameters existed"):
         checkpoint.restore(tmp_path / "old", learned.init(params))
+
+
+def test_the_predictive_takes_the_learned_noise():
+    from symvi_jax import predict
+
+    apply_fn, params, data = regression_problem(num_examples=16)
+    loglik = likelihoods.gaussian(apply_fn, noise_precision=4.0, learn_noise=True)
+    state = vi.build(loglik, optax.adam(1e-2), data_size=16).init(params)
+    noise_std = vi.hyperparameters(state)["noise_precision"] ** -0.5  # a 0-d array, 0.5
+    _, std = predict.predictive_mean_and_std(jax.random.key(0), state.q, apply_fn, data[0], num_samples=8,
+                                             noise_std=noise_std)
+    _, epistemic = predict.predictive_mean_and_std(jax.random.key(0), state.q, apply_fn, data[0], num_samples=8)
+    np.testing.assert_allclose(std**2, epistemic**2 + 0.25, rtol=1e-5)
+    with pytest.raises(ValueError, match="noise_std must be finite"):
+        predict.predictive_mean_and_std(jax.random.key(0), state.q, apply_fn, data[0], num_samples=8,
+                                        noise_std=jnp.asarray(-1.0))
