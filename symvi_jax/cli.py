@@ -42,6 +42,8 @@ COMMANDS = {
                    "Orbit estimators on MNIST posteriors: uniform vs importance against exact I, wide nets, training."),
     "sign-flips": ("symvi_jax.experiments.sign_flips",
                    "How much of I(g; w) comes from sign flips and how much from permutations, on tanh nets."),
+    "regression": ("symvi_jax.experiments.regression",
+                   "Learned noise on 1-D regression: type-II ML against the true noise sd, and predictive interval coverage."),
     "cnn": ("symvi_jax.experiments.cnn",
             "A small CNN on MNIST / Fashion-MNIST with its channel symmetry read off the network."),
 }

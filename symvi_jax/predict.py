@@ -301,6 +301,11 @@ def auroc(scores_negative: Array, scores_positive: Array) -> float:
 
 
 def _check_scale(value, name: str, *, allow_zero: bool) -> float:
+    """A finite number (a Python or NumPy scalar, or a concrete 0-d array such as a learned noise std)."""
+    if isinstance(value, (jax.Array, np.ndarray)) and not isinstance(value, jax.core.Tracer) and value.ndim == 0 and (
+        jnp.issubdtype(value.dtype, jnp.floating) or jnp.issubdtype(value.dtype, jnp.integer)
+    ):
+        value = value.item()
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
         raise ValueError(f"{name} must be a finite number, got {value!r}")
     if not np.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
@@ -322,7 +327,9 @@ def predictive_mean_and_std(
 
     Args:
       noise_std: sigma, the likelihood's noise std (``1 / sqrt(noise_precision)`` for
-        ``likelihoods.gaussian``); 0 gives the epistemic spread of f alone.
+        ``likelihoods.gaussian``; with a learned one,
+        ``vi.hyperparameters(state)["noise_precision"] ** -0.5``); 0 gives the epistemic spread
+        of f alone.
 
     The second moment is accumulated about the mean network f_mu (v = E[d^2] - E[d]^2 with
     d = f_s - f_mu), which avoids the cancellation of E[f^2] - E[f]^2 when |m| >> std.

@@ -6,6 +6,10 @@ parameters (mu, rho):
 
     (value, info), grads = value_and_grad(-objective)(q);  q <- optax update(grads).
 
+Hyperparameters (a learned noise precision, ``likelihoods.gaussian(..., learn_noise=True)``, or
+prior scale, ``build(..., learn_prior_scale=True)``) are point estimates in ``VIState.hyper``,
+updated by the same optax update on the same objective: (q, hyper) <- update(grad_(q, hyper)).
+
 The kernels are pure and not jitted: jit ``step`` once at the outermost scope (or use :func:`fit`,
 which jits an epoch of ``lax.scan`` steps internally). Seeds and chains are vmapped by the user
 over ``init``/``step``.

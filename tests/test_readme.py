@@ -39,3 +39,13 @@ def test_readme_any_network_example_runs():
     exec(compile(example, str(README), "exec"), namespace)
     assert namespace["group"].sizes == (8,)
     assert "LayerNorm_0/scale" in str(namespace["report"])
+
+
+def test_readme_learned_hyperparameters_example_runs():
+    blocks = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
+    example = next(b for b in blocks if "learn_noise=True" in b)
+    namespace = {}
+    exec(compile(example, str(README), "exec"), namespace)
+    learned = namespace["learned"]
+    assert set(learned) == {"noise_precision", "prior_scale"}
+    assert 0.2 < float(learned["noise_precision"]) ** -0.5 < 0.5  # from sd 1 towards the true 0.3

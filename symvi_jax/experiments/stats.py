@@ -11,7 +11,7 @@ import math
 
 import numpy as np
 
-__all__ = ["t_quantile", "paired_ci"]
+__all__ = ["t_quantile", "paired_ci", "mean_ci"]
 
 _T_975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262,
           10: 2.228, 11: 2.201, 12: 2.179, 13: 2.160, 14: 2.145, 15: 2.131, 16: 2.120, 17: 2.110,
@@ -33,4 +33,14 @@ def paired_ci(a, b) -> tuple[float, float, float]:
     if len(diff) < 2:
         return mean, float("nan"), float("nan")
     half = t_quantile(len(diff) - 1) * diff.std(ddof=1) / math.sqrt(len(diff))
+    return mean, mean - half, mean + half
+
+
+def mean_ci(values) -> tuple[float, float, float]:
+    """Mean of ``values`` over seeds with a 95% t-interval, mean +- t_{0.975, n-1} std / sqrt(n) (NaN for one)."""
+    values = np.asarray(values, dtype=np.float64)
+    mean = float(values.mean())
+    if len(values) < 2:
+        return mean, float("nan"), float("nan")
+    half = t_quantile(len(values) - 1) * values.std(ddof=1) / math.sqrt(len(values))
     return mean, mean - half, mean + half
