@@ -427,51 +427,59 @@ def run(config: Config, *, checkpoint_dir: Optional[str] = None, resume: bool = 
         timings.append((int(width), t1 - t0, t2 - t1))
         print(f"[mnist] width {width}: trained {len(methods) * config.num_seeds} runs in {t1 - t0:.1f} s, "
               f"evaluated in {t2 - t1:.1f} s", file=sys.stderr, flush=True)
-        width_rows = []
-        for m_index, method in enumerate(methods):
-            k, weight = method_ks[m_index]
-            for seed in range(config.num_seeds):
-                r = m_index * config.num_seeds + seed
-                elbo = float(stats["elbo"][r, -1])
-                mi = float(metrics["mi_estimate"][r])
-                row = {
-                    "dataset": config.dataset,
-                    "width": int(width),
-                    "num_hidden_layers": config.num_hidden_layers,
-                    "method": method,
-                    "K": None if method == "mfvi" else k,
-                    "seed": seed,
-                    "num_train": int(len(y_train)),
-                    "test_accuracy": float(metrics["test_accuracy"][r]),
-                    "test_nll": float(metrics["test_nll"][r]),
-                    "ece": float(metrics["ece"][r]),
-                    "elbo": elbo,
-                    "elbo_symmetrized": elbo + mi,
-                    "mi_estimate": mi,
-                    "mi_estimate_se": float(metrics["mi_estimate_se"][r]),
-                    "mi_num_permutations": config.mi_num_permutations,
-                    "log_group_order": group.log_order(),
-                    "saturation_K": k,
-                    "saturation": [float(v) / math.log(k) for v in stats["mutual_information"][r]],
-                    "elbo_per_epoch": [float(v) for v in stats["elbo"][r]],
-                    "nonfinite_steps": int(np.sum(stats["nonfinite_steps"][r])),
-                    "train_seconds": t1 - t0,
-                    "eval_seconds": t2 - t1,
-                }
-                for loc_stat, scale_stat in metrics["units"]:
-                    row.setdefault("unit_mean_sigma", []).append([round(float(v), 4) for v in scale_stat[r]])
-                    row.setdefault("unit_mean_abs_loc", []).append([round(float(v), 4) for v in loc_stat[r]])
-                row["collapsed_units_per_layer"] = _collapsed_per_layer(row, config.collapse_kl)
-                row["collapsed_units"] = sum(row["collapsed_units_per_layer"])
-                if ood is not None:
-                    row["ood_dataset"] = ood[0]
-                    row["ood_auroc"] = predict.auroc(metrics["entropy_in"][r], metrics["entropy_out"][r])
-                width_rows.append(row)
+        width_rows = _width_rows(config, int(width), method_ks, stats, metrics, group, int(len(y_train)),
+                                 None if ood is None else ood[0], (t1 - t0, t2 - t1))
         rows += width_rows
         _save_width(checkpoint_dir, config, int(width), width_rows, timings[-1])
     total = time.perf_counter() - start
     markdown = _markdown(config, rows, timings, load_time, compile_time, total)
     return Result(rows=rows, markdown=markdown, figures=_figures(config, rows))
+
+
+def _width_rows(config: Config, width: int, method_ks, stats, metrics, group, num_train: int, ood_dataset,
+                seconds) -> list:
+    """One result row per (method, seed) of a width, from its training stats and evaluation metrics."""
+    width_rows = []
+    for m_index, method in enumerate(config.methods):
+        k, weight = method_ks[m_index]
+        for seed in range(config.num_seeds):
+            r = m_index * config.num_seeds + seed
+            elbo = float(stats["elbo"][r, -1])
+            mi = float(metrics["mi_estimate"][r])
+            row = {
+                "dataset": config.dataset,
+                "width": width,
+                "num_hidden_layers": config.num_hidden_layers,
+                "method": method,
+                "K": None if method == "mfvi" else k,
+                "seed": seed,
+                "num_train": num_train,
+                "test_accuracy": float(metrics["test_accuracy"][r]),
+                "test_nll": float(metrics["test_nll"][r]),
+                "ece": float(metrics["ece"][r]),
+                "elbo": elbo,
+                "elbo_symmetrized": elbo + mi,
+                "mi_estimate": mi,
+                "mi_estimate_se": float(metrics["mi_estimate_se"][r]),
+                "mi_num_permutations": config.mi_num_permutations,
+                "log_group_order": group.log_order(),
+                "saturation_K": k,
+                "saturation": [float(v) / math.log(k) for v in stats["mutual_information"][r]],
+                "elbo_per_epoch": [float(v) for v in stats["elbo"][r]],
+                "nonfinite_steps": int(np.sum(stats["nonfinite_steps"][r])),
+                "train_seconds": seconds[0],
+                "eval_seconds": seconds[1],
+            }
+            for loc_stat, scale_stat in metrics["units"]:
+                row.setdefault("unit_mean_sigma", []).append([round(float(v), 4) for v in scale_stat[r]])
+                row.setdefault("unit_mean_abs_loc", []).append([round(float(v), 4) for v in loc_stat[r]])
+            row["collapsed_units_per_layer"] = _collapsed_per_layer(row, config.collapse_kl)
+            row["collapsed_units"] = sum(row["collapsed_units_per_layer"])
+            if ood_dataset is not None:
+                row["ood_dataset"] = ood_dataset
+                row["ood_auroc"] = predict.auroc(metrics["entropy_in"][r], metrics["entropy_out"][r])
+            width_rows.append(row)
+    return width_rows
 
 
 # ---- reporting ---------------------------------------------------------------------------------------
