@@ -22,7 +22,6 @@ import dataclasses
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 
 from symvi_jax import MLP, infer_symmetry, likelihoods, predict, vi
