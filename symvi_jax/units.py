@@ -25,6 +25,11 @@ sides are centred on first; the error of an off-diagonal entry is about
 eps * sum_c ((x_jc - c_c) / s_ic)^2. The diagonal (the identity's term) is always formed directly.
 ``method="pairwise"`` forms the differences x_jc - m_ic directly instead, exact to rounding at
 O(d^2 C) memory. Use float64 for ground truth.
+
+The orbit terms themselves, sum_i (A[i, sigma(i)] - A[i, i]) for K assignments, do not need A:
+:func:`assignment_log_ratio_terms` forms them from the units' differences,
+-1/2 sum_c (x_jc - x_ic)(x_jc + x_ic - 2 m_ic) / s_ic^2, accurate in float32 for near-identical
+units however far they sit from each other (docs/estimators.md, section 2.1), at O(K d C).
 """
 
 from __future__ import annotations

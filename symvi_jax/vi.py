@@ -306,7 +306,9 @@ def step(
     params = optax.apply_updates(state.params, updates)
     new_state = VIState(params=params, opt_state=opt_state)
     if track_grad_norm:
-        grad_norm = optax.tree.norm(grads)
+        # the barrier hands the norm the materialised gradient; without it XLA recomputes the gradient
+        # into the norm's fusions (benchmarks/RESULTS.md, "Levers")
+        grad_norm = optax.tree.norm(jax.lax.optimization_barrier(grads))
     else:
         grad_norm = jnp.full((), jnp.nan, dtype=info.objective.dtype)
     if skip_nonfinite:
