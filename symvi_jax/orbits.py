@@ -275,14 +275,20 @@ def importance_terms(
     config = dict(temperature=temperature, num_iterations=num_iterations)
 
     def per_sample(key, w):
+        # factor 0's proposal weights do not depend on earlier draws: build them once, live, and
+        # share them between log r(e | w), the draws (as constants) and the score correction
+        proposals._check_one_sample(group, w)
+        first = proposals.layer_log_weights(q, w, group, 0, **config)
         # log weights relative to q(w_s), log|G| and K: t_s = log|G| + log K - logsumexp(log_w)
-        log_w = jnp.reshape(-proposals.log_prob(q, w, group, group.identity(), **config), (1,))
+        log_w = jnp.reshape(-proposals.log_prob(q, w, group, group.identity(), first_log_weights=first, **config), (1,))
         if k == 1:
             return group.log_order() - log_w[0]
         w_fixed = jax.lax.stop_gradient(w)
-        assignments, log_r = proposals.sample(key, q_fixed, w_fixed, group, k - 1, **config)
+        assignments, log_r = proposals.sample(key, q_fixed, w_fixed, group, k - 1,
+                                              first_log_weights=jax.lax.stop_gradient(first), **config)
         if score_correction:
-            log_r = jax.vmap(lambda a: proposals.log_prob(q, w, group, a, **config))(assignments)
+            log_r = jax.vmap(lambda a: proposals.log_prob(q, w, group, a, first_log_weights=first, **config))(
+                assignments)
         log_w = jnp.concatenate([log_w, assignment_log_ratios(q, w, assignments, group, chunk_size=chunk_size) - log_r])
         term = group.log_order() + jnp.log(k) - jax.nn.logsumexp(log_w)
         if not score_correction:
