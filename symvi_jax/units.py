@@ -207,7 +207,7 @@ def _paired_ratios(x: Array, loc: Array, precision: Array, p: Array, s: Array) -
     """t_k = -1/2 sum_ic a_ic delta_kic (delta_kic + 2 r_ic), delta_k = s_k x[p_k] - x, r = x - loc.
 
     One k at a time (``lax.map``; the backward pass a ``lax.scan``), holding O(d C): on the CPU,
-    all K at once (a (K, d, C) array reduced over K) was 8-20x slower (benchmarks/RESULTS.md).
+    all K at once (a (K, d, C) array reduced over K) was 26-99x slower (benchmarks/RESULTS.md).
     """
     r = x - loc
 
@@ -228,7 +228,8 @@ def _paired_ratios_bwd(residuals, g):
     # The scatter-add of d delta_k back through x[p_k] is a gather by p_k^{-1} (p_k is a permutation):
     # row j receives s_k(i) d delta_k(i) at i = p_k^{-1}(j), where delta_k(i) + r(i) = s_k(i) x_j - loc_i
     # (a difference of nearby values: no cancellation). Accumulated over k in one scan:
-    #   D = sum_k g_k delta_k,  Q = sum_k g_k delta_k^2,  B = sum_k g_k s_k(i) a_i (s_k(i) x_j - loc_i)|_{i = p_k^{-1}(j)},
+    #   D = sum_k g_k delta_k,  Q = sum_k g_k delta_k^2,
+    #   B_j = sum_k g_k s_k(i) a_i (s_k(i) x_j - loc_i) at i = p_k^{-1}(j),
     # then d_x = -B + a r G, d_loc = a D, d_a = -Q / 2 - r D, with G = sum_k g_k.
     x, loc, precision, p, s = residuals
     inv = _inverse_rows(p)
@@ -253,7 +254,9 @@ def _paired_ratios_bwd(residuals, g):
 _paired_ratios.defvjp(_paired_ratios_fwd, _paired_ratios_bwd)
 
 
-def assignment_log_ratio_terms(x: Array, loc: Array, sigma: Array, index: Array, signs: Optional[Array] = None) -> Array:
+def assignment_log_ratio_terms(
+    x: Array, loc: Array, sigma: Array, index: Array, signs: Optional[Array] = None
+) -> Array:
     """sum_i [log f_i(s_i u_{p(i)}) - log f_i(u_i)] for each assignment (p_k, s_k), centred per pair.
 
     With r = x - loc and delta_k = s_k x[p_k] - x (zero for every unit the assignment leaves in
@@ -266,7 +269,8 @@ def assignment_log_ratio_terms(x: Array, loc: Array, sigma: Array, index: Array,
     times sum |delta| (|delta| + 2 |r|) / s^2, however far the units sit from each other or from
     zero (docs/estimators.md, section 2.1). The unit matrix's expansion instead cancels terms of
     size ((x - c) / s)^2. O(K d C) work; the gradient is hand-written with gathers by the inverse
-    permutations (no scatter-add).
+    permutations (no scatter-add), so it differentiates in reverse mode only (``jax.grad``; for
+    forward mode use the unit matrix, ``orbits.assignment_log_ratios(..., method="matmul")``).
 
     Args:
       x: the units of w, ``(d, C)``.
@@ -277,6 +281,9 @@ def assignment_log_ratio_terms(x: Array, loc: Array, sigma: Array, index: Array,
     Returns:
       ``(K,)``.
     """
+    if x.ndim != 2 or loc.shape != x.shape or sigma.shape != x.shape:
+        raise ValueError(f"x, loc and sigma must be (d, C) matrices of one shape, got {x.shape}, {loc.shape} and "
+                         f"{sigma.shape}")
     if index.ndim != 2 or index.shape[1] != x.shape[0]:
         raise ValueError(f"index must have shape (K, {x.shape[0]}) (K assignments of the d units), got {index.shape}")
     s = jnp.ones(index.shape, x.dtype) if signs is None else signs.astype(x.dtype)

@@ -65,6 +65,8 @@ def test_assignment_log_ratio_terms_checks_the_index_shape():
     x = jnp.zeros((4, 3))
     with pytest.raises(ValueError, match=r"index must have shape \(K, 4\)"):
         units.assignment_log_ratio_terms(x, x, x + 1.0, jnp.zeros((2, 5), jnp.int32))
+    with pytest.raises(ValueError, match="x, loc and sigma must be"):
+        units.assignment_log_ratio_terms(x, x[:, :2], x + 1.0, jnp.zeros((2, 4), jnp.int32))
     with pytest.raises(ValueError, match="method must be 'gather' or 'matmul'"):
         orbits.assignment_log_ratios(*_tiny(), method="pairwise")
 
