@@ -7,7 +7,8 @@ jitted steps (base/new x standard/symmetrized, S = 1, Adam, InfoNCE) run round-r
 table reports medians and the ratios new / base.
 
     PYTHONPATH=.:benchmarks python benchmarks/regression.py [--base REV] [--nets 30 1024]
-        [--ks 20] [--batches 100] [--repeats 30] [--json benchmarks/results/cpu/regression.json]
+        [--ks 20] [--batches 100] [--estimator infonce] [--repeats 30]
+        [--json benchmarks/results/cpu/regression.json]
 """
 
 from __future__ import annotations
@@ -54,6 +55,8 @@ def main():
     p.add_argument("--nets", nargs="+", choices=list(NETS), default=["30", "1024", "30x30"])
     p.add_argument("--ks", nargs="+", type=int, default=[20])
     p.add_argument("--batches", nargs="+", type=int, default=[100])
+    p.add_argument("--estimator", default="infonce", choices=["infonce", "importance"],
+                   help="the symmetrized step's estimator of I")
     args = p.parse_args()
     import symvi_jax as new
 
@@ -68,9 +71,10 @@ def main():
                         for kind, objective, kk in (("standard", "elbo", None), ("symmetrized", "symmetrized_elbo", k)):
                             name = f"{label} {kind}"
                             fns[name], programs[name] = make_step(NETS[net], batch_size, objective, kk,
-                                                                  package=package, compiled=True)
+                                                                  estimator=args.estimator, package=package,
+                                                                  compiled=True)
                     times = interleaved_medians(fns, repeats=args.repeats)
-                    record = dict(net=net, batch=batch_size, k=k, base=args.base,
+                    record = dict(net=net, batch=batch_size, k=k, base=args.base, estimator=args.estimator,
                                   **{name.replace(" ", "_") + "_ms": 1e3 * t for name, t in times.items()},
                                   **{name.replace(" ", "_") + "_program": program_stats(p) for name, p in programs.items()})
                     record["standard_new_over_base"] = times["new standard"] / times["base standard"]

@@ -112,8 +112,9 @@ def _layer_terms_importance(rng_key, q, w, group, layer, num_permutations, tempe
         sigmas, log_r = jax.vmap(lambda key: proposals.sample_assignment(key, log_f))(
             jax.random.split(rng_key, num_permutations - 1)
         )
-        moved = jax.vmap(lambda s: jnp.sum(log_a[jnp.arange(d), s]))(sigmas)
-        relative.append(moved - jnp.trace(log_a) - log_r)
+        # the orbit terms from the units' differences (accurate in float32), not from A
+        moved = units.unit_assignment_log_ratios(q, w, group, layer, sigmas)
+        relative.append(moved - log_r)
     return math.lgamma(d + 1) + math.log(num_permutations) - jax.nn.logsumexp(jnp.concatenate(relative))
 
 

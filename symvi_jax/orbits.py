@@ -92,20 +92,24 @@ def assignment_log_ratios(
     group: WeightSymmetry,
     *,
     chunk_size: Optional[int] = None,
+    method: str = "gather",
 ) -> Array:
     """log q(sigma_k.w) - log q(w) for every stacked element sigma_k (leading axis K).
 
     No moved copy of w is formed for the leaves that move with one factor alone (``units``: a
     hidden layer's bias, the first layer's kernel columns, the last layer's kernel rows). Their
-    contribution is a sum over slots of a d x d matrix A_f[i, j] = log f_i(u_j) (and A^-_f for
-    sign flips), built with one matrix product,
+    contribution is a sum over slots of A_f[i, j] = log f_i(u_j) (and A^-_f for sign flips),
 
         log q(sigma.w) - log q(w) = sum_f sum_i (A^{s_i}_f[i, p_f(i)] - A_f[i, i])
                                     + sum_{leaves moved by several factors} [log q_leaf(sigma.w) - log q_leaf(w)],
 
-    and only the leaves moved by several factors (Dense kernels between two hidden layers) are
-    gathered once per element (vmapped, or ``lax.map`` in chunks of ``chunk_size``). Everything
-    not moved by G cancels.
+    each difference A[i, j] - A[i, i] = -1/2 sum_c (x_j - x_i)(x_j + x_i - 2 m_i) / s_i^2 formed
+    from the units' differences (``method="gather"``, ``units.assignment_log_ratio_terms``:
+    accurate in float32 for near-identical units, O(K d C)) or read off the d x d unit matrix
+    built with one matrix product (``method="matmul"``, O(d^2 C), the path before; it cancels
+    terms of size ((x - c) / s)^2, docs/estimators.md section 2.1). Only the leaves moved by
+    several factors (Dense kernels between two hidden layers) are gathered once per element
+    (vmapped, or ``lax.map`` in chunks of ``chunk_size``). Everything not moved by G cancels.
     """
     sigma_tree = meanfield.scale(q)
     lay = units.layout(group, params)
@@ -113,15 +117,8 @@ def assignment_log_ratios(
     for index, members in enumerate(lay.single):
         if not members:
             continue
-        log_a, log_a_neg = units.unit_log_density_matrices(q, params, group, index, members)
-        diag = jnp.diag(log_a)[:, None]
-        slots = jnp.arange(log_a.shape[0])
-        if log_a_neg is None:
-            total = total + jnp.sum((log_a - diag)[slots, assignments[index]], axis=-1)
-        else:
-            p, s = _decode(assignments[index])
-            moved = jnp.where(s < 0, (log_a_neg - diag)[slots, p], (log_a - diag)[slots, p])
-            total = total + jnp.sum(moved, axis=-1)
+        total = total + units.unit_assignment_log_ratios(q, params, group, index, assignments[index], members,
+                                                         method=method)
     if lay.multi:
         inner_w, inner_m, inner_s = (leaf_paths(_split_wrapper(group, t)[0]) for t in (params, q.loc, sigma_tree))
         for path, entries in lay.multi:
@@ -287,14 +284,20 @@ def importance_terms(
     config = dict(temperature=temperature, num_iterations=num_iterations)
 
     def per_sample(key, w):
+        # factor 0's proposal weights do not depend on earlier draws: build them once, live, and
+        # share them between log r(e | w), the draws (as constants) and the score correction
+        proposals._check_one_sample(group, w)
+        first = proposals.layer_log_weights(q, w, group, 0, **config)
         # log weights relative to q(w_s), log|G| and K: t_s = log|G| + log K - logsumexp(log_w)
-        log_w = jnp.reshape(-proposals.log_prob(q, w, group, group.identity(), **config), (1,))
+        log_w = jnp.reshape(-proposals.log_prob(q, w, group, group.identity(), first_log_weights=first, **config), (1,))
         if k == 1:
             return group.log_order() - log_w[0]
         w_fixed = jax.lax.stop_gradient(w)
-        assignments, log_r = proposals.sample(key, q_fixed, w_fixed, group, k - 1, **config)
+        assignments, log_r = proposals.sample(key, q_fixed, w_fixed, group, k - 1,
+                                              first_log_weights=jax.lax.stop_gradient(first), **config)
         if score_correction:
-            log_r = jax.vmap(lambda a: proposals.log_prob(q, w, group, a, **config))(assignments)
+            log_r = jax.vmap(lambda a: proposals.log_prob(q, w, group, a, first_log_weights=first, **config))(
+                assignments)
         log_w = jnp.concatenate([log_w, assignment_log_ratios(q, w, assignments, group, chunk_size=chunk_size) - log_r])
         term = group.log_order() + jnp.log(k) - jax.nn.logsumexp(log_w)
         if not score_correction:

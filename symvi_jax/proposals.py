@@ -209,6 +209,15 @@ def _check_one_sample(group: WeightSymmetry, params: ArrayTree) -> None:
         )
 
 
+def _check_first(group: WeightSymmetry, first_log_weights) -> None:
+    if first_log_weights is None:
+        return
+    d = group.factors[0].size
+    if jnp.shape(first_log_weights) != (d, d):
+        raise ValueError(f"first_log_weights must be factor 0's log F of shape ({d}, {d}), got "
+                         f"{jnp.shape(first_log_weights)}")
+
+
 def sample(
     rng_key: PRNGKey,
     q: MeanFieldState,
@@ -218,6 +227,7 @@ def sample(
     *,
     temperature: float = 1.0,
     num_iterations: int = SINKHORN_ITERATIONS,
+    first_log_weights: Optional[Array] = None,
 ) -> tuple[Permutation, Array]:
     """``num_samples`` i.i.d. assignments sigma ~ r(. | w) and their log-probabilities.
 
@@ -229,6 +239,8 @@ def sample(
       num_samples: how many assignments.
       temperature: T > 0; compatibilities are divided by T before balancing.
       num_iterations: Sinkhorn iterations (0: unbalanced).
+      first_log_weights: factor 0's log F (:func:`layer_log_weights` of the same inputs), if the
+        caller has it already (``orbits.importance_terms`` shares it with :func:`log_prob`).
 
     Returns:
       ``(assignments, log_probs)``: a group element per layer with a leading axis of
@@ -240,13 +252,17 @@ def sample(
     _check_one_sample(group, params)
     _check_config(temperature, num_iterations)
     _checks.positive_int(num_samples, "num_samples")
+    _check_first(group, first_log_weights)
 
     def one(key):
         keys = jax.random.split(key, len(group.factors))
         drawn, total = {}, 0.0
         for layer in range(len(group.factors)):
-            log_f = layer_log_weights(q, params, group, layer, temperature=temperature,
-                                      num_iterations=num_iterations, drawn=drawn)
+            if layer == 0 and first_log_weights is not None:
+                log_f = first_log_weights
+            else:
+                log_f = layer_log_weights(q, params, group, layer, temperature=temperature,
+                                          num_iterations=num_iterations, drawn=drawn)
             sigma, log_p = sample_assignment(keys[layer], log_f)
             drawn[layer] = sigma
             total = total + log_p
@@ -264,6 +280,7 @@ def log_prob(
     *,
     temperature: float = 1.0,
     num_iterations: int = SINKHORN_ITERATIONS,
+    first_log_weights: Optional[Array] = None,
 ) -> Array:
     """log r(sigma | w) of one assignment (e.g. ``group.identity()``); see :func:`sample`.
 
@@ -275,10 +292,14 @@ def log_prob(
     _check_config(temperature, num_iterations)
     if len(assignment) != len(group.factors):
         raise ValueError(f"assignment must have one index array per factor ({len(group.factors)}), got {len(assignment)}")
+    _check_first(group, first_log_weights)
     total, drawn = 0.0, {}
     for layer, sigma in enumerate(assignment):
-        log_f = layer_log_weights(q, params, group, layer, temperature=temperature,
-                                  num_iterations=num_iterations, drawn=drawn)
+        if layer == 0 and first_log_weights is not None:
+            log_f = first_log_weights
+        else:
+            log_f = layer_log_weights(q, params, group, layer, temperature=temperature,
+                                      num_iterations=num_iterations, drawn=drawn)
         total = total + assignment_log_prob(log_f, sigma)
         drawn[layer] = sigma
     return total

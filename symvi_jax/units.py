@@ -25,6 +25,11 @@ sides are centred on first; the error of an off-diagonal entry is about
 eps * sum_c ((x_jc - c_c) / s_ic)^2. The diagonal (the identity's term) is always formed directly.
 ``method="pairwise"`` forms the differences x_jc - m_ic directly instead, exact to rounding at
 O(d^2 C) memory. Use float64 for ground truth.
+
+The orbit terms themselves, sum_i (A[i, sigma(i)] - A[i, i]) for K assignments, do not need A:
+:func:`assignment_log_ratio_terms` forms them from the units' differences,
+-1/2 sum_c (x_jc - x_ic)(x_jc + x_ic - 2 m_ic) / s_ic^2, accurate in float32 for near-identical
+units however far they sit from each other (docs/estimators.md, section 2.1), at O(K d C).
 """
 
 from __future__ import annotations
@@ -40,7 +45,16 @@ from symvi_jax.meanfield import MeanFieldState
 from symvi_jax.symmetry import Member, WeightSymmetry, _decode, _moved_axis, _split_wrapper, leaf_paths
 from symvi_jax.types import Array, ArrayTree
 
-__all__ = ["Layout", "unwrap", "layout", "unit_features", "log_density_matrix", "unit_log_density_matrices"]
+__all__ = [
+    "Layout",
+    "unwrap",
+    "layout",
+    "unit_features",
+    "log_density_matrix",
+    "unit_log_density_matrices",
+    "assignment_log_ratio_terms",
+    "unit_assignment_log_ratios",
+]
 
 _HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
 
@@ -180,3 +194,132 @@ def unit_log_density_matrices(
     if not group.factors[factor].sign_flips:
         return log_a, None
     return log_a, log_density_matrix(-x, loc, sigma, method)
+
+
+def _inverse_rows(p: Array) -> Array:
+    """The inverse of each permutation in the rows of ``p`` ``(K, d)``: one scatter of 0..d-1 per row."""
+    d = p.shape[-1]
+    return jax.vmap(lambda row: jnp.zeros_like(row).at[row].set(jnp.arange(d, dtype=row.dtype)))(p)
+
+
+@jax.custom_vjp
+def _paired_ratios(x: Array, loc: Array, precision: Array, p: Array, s: Array) -> Array:
+    """t_k = -1/2 sum_ic a_ic delta_kic (delta_kic + 2 r_ic), delta_k = s_k x[p_k] - x, r = x - loc.
+
+    One k at a time (``lax.map``; the backward pass a ``lax.scan``), holding O(d C): on the CPU,
+    all K at once (a (K, d, C) array reduced over K) was 26-99x slower (benchmarks/RESULTS.md).
+    """
+    r = x - loc
+
+    def one(ps):
+        pk, sk = ps
+        delta = sk[:, None] * x[pk] - x
+        return -0.5 * jnp.sum(precision * delta * (delta + 2.0 * r))
+
+    return jax.lax.map(one, (p, s))
+
+
+def _paired_ratios_fwd(x, loc, precision, p, s):
+    return _paired_ratios(x, loc, precision, p, s), (x, loc, precision, p, s)
+
+
+def _paired_ratios_bwd(residuals, g):
+    # dt_k/d delta_k = -a (delta_k + r), dt_k/dr = -a delta_k, dt_k/da = -delta_k (delta_k + 2 r) / 2.
+    # The scatter-add of d delta_k back through x[p_k] is a gather by p_k^{-1} (p_k is a permutation):
+    # row j receives s_k(i) d delta_k(i) at i = p_k^{-1}(j), where delta_k(i) + r(i) = s_k(i) x_j - loc_i
+    # (a difference of nearby values: no cancellation). Accumulated over k in one scan:
+    #   D = sum_k g_k delta_k,  Q = sum_k g_k delta_k^2,
+    #   B_j = sum_k g_k s_k(i) a_i (s_k(i) x_j - loc_i) at i = p_k^{-1}(j),
+    # then d_x = -B + a r G, d_loc = a D, d_a = -Q / 2 - r D, with G = sum_k g_k.
+    x, loc, precision, p, s = residuals
+    inv = _inverse_rows(p)
+    r = x - loc
+
+    def body(carry, xs):
+        d1, q2, b = carry
+        pk, sk, ik, gk = xs
+        delta = sk[:, None] * x[pk] - x
+        s_back = sk[ik][:, None]
+        back = s_back * precision[ik] * (s_back * x - loc[ik])
+        return (d1 + gk * delta, q2 + gk * jnp.square(delta), b + gk * back), None
+
+    zeros = jnp.zeros_like(x)
+    (d1, q2, b), _ = jax.lax.scan(body, (zeros, zeros, zeros), (p, s, inv, g))
+    d_x = -b + precision * r * jnp.sum(g)
+    d_loc = precision * d1
+    d_precision = -0.5 * q2 - r * d1
+    return d_x, d_loc, d_precision, None, None
+
+
+_paired_ratios.defvjp(_paired_ratios_fwd, _paired_ratios_bwd)
+
+
+def assignment_log_ratio_terms(
+    x: Array, loc: Array, sigma: Array, index: Array, signs: Optional[Array] = None
+) -> Array:
+    """sum_i [log f_i(s_i u_{p(i)}) - log f_i(u_i)] for each assignment (p_k, s_k), centred per pair.
+
+    With r = x - loc and delta_k = s_k x[p_k] - x (zero for every unit the assignment leaves in
+    place),
+
+        log f_i(x_j) - log f_i(x_i) = -1/2 sum_c (x_jc - x_ic)(x_jc + x_ic - 2 m_ic) / s_ic^2
+                                    = -1/2 sum_c delta_ic (delta_ic + 2 r_ic) / s_ic^2,
+
+    so each term is formed from the differences it is made of and its float32 error is a few eps
+    times sum |delta| (|delta| + 2 |r|) / s^2, however far the units sit from each other or from
+    zero (docs/estimators.md, section 2.1). The unit matrix's expansion instead cancels terms of
+    size ((x - c) / s)^2. O(K d C) work; the gradient is hand-written with gathers by the inverse
+    permutations (no scatter-add), so it differentiates in reverse mode only (``jax.grad``; for
+    forward mode use the unit matrix, ``orbits.assignment_log_ratios(..., method="matmul")``).
+
+    Args:
+      x: the units of w, ``(d, C)``.
+      loc, sigma: the slots' means and scales, ``(d, C)``.
+      index: assignments p, ``(K, d)`` int (unit p[k, i] goes to slot i).
+      signs: ``(K, d)`` +-1 (sign flips), or None.
+
+    Returns:
+      ``(K,)``.
+    """
+    if x.ndim != 2 or loc.shape != x.shape or sigma.shape != x.shape:
+        raise ValueError(f"x, loc and sigma must be (d, C) matrices of one shape, got {x.shape}, {loc.shape} and "
+                         f"{sigma.shape}")
+    if index.ndim != 2 or index.shape[1] != x.shape[0]:
+        raise ValueError(f"index must have shape (K, {x.shape[0]}) (K assignments of the d units), got {index.shape}")
+    s = jnp.ones(index.shape, x.dtype) if signs is None else signs.astype(x.dtype)
+    precision = 1.0 / jnp.square(sigma)
+    return _paired_ratios(x, loc, precision, index, s)
+
+
+def unit_assignment_log_ratios(
+    q: MeanFieldState,
+    params: ArrayTree,
+    group: WeightSymmetry,
+    factor: int,
+    assignments: Array,
+    members: Optional[tuple[Member, ...]] = None,
+    *,
+    method: str = "gather",
+) -> Array:
+    """sum_i (A^{s_i}[i, p(i)] - A[i, i]) of factor ``factor`` for stacked assignments ``(K, d)``.
+
+    ``method="gather"`` (default): per-pair centred differences (:func:`assignment_log_ratio_terms`),
+    accurate in float32 where the terms are small. ``"matmul"``: read off the unit matrix A of
+    :func:`unit_log_density_matrices` (one matrix product; cancels large terms, see the module
+    docstring). Both give the same values in float64.
+    """
+    if method == "matmul":
+        log_a, log_a_neg = unit_log_density_matrices(q, params, group, factor, members)
+        diag = jnp.diag(log_a)[:, None]
+        slots = jnp.arange(log_a.shape[0])
+        if log_a_neg is None:
+            return jnp.sum((log_a - diag)[slots, assignments], axis=-1)
+        p, s = _decode(assignments)
+        return jnp.sum(jnp.where(s < 0, (log_a_neg - diag)[slots, p], (log_a - diag)[slots, p]), axis=-1)
+    if method != "gather":
+        raise ValueError(f"method must be 'gather' or 'matmul', got {method!r}")
+    x = unit_features(params, group, factor, members)
+    loc = unit_features(q.loc, group, factor, members)
+    sigma = unit_features(meanfield.scale(q), group, factor, members)
+    p, s = _decode(assignments) if group.factors[factor].sign_flips else (assignments, None)
+    return assignment_log_ratio_terms(x, loc, sigma, p, s)

@@ -408,7 +408,9 @@ def step(
     q, hyper = params if learned else (params, state.hyper)
     new_state = VIState(q=q, opt_state=opt_state, hyper=hyper)
     if track_grad_norm:
-        grad_norm = optax.tree.norm(grads)
+        # the barrier hands the norm the materialised gradient; without it XLA recomputes the gradient
+        # into the norm's fusions (benchmarks/RESULTS.md, "Levers")
+        grad_norm = optax.tree.norm(jax.lax.optimization_barrier(grads))
     else:
         grad_norm = jnp.full((), jnp.nan, dtype=info.objective.dtype)
     if skip_nonfinite:

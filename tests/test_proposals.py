@@ -90,3 +90,21 @@ def test_bad_configuration_raises():
         proposals.sample(jax.random.key(0), q, w, group, 0)
     with pytest.raises(ValueError, match="one index array per factor"):
         proposals.log_prob(q, w, group, ())
+
+
+def test_shared_first_log_weights_give_the_same_draws_and_pmf():
+    """orbits.importance_terms builds factor 0's weights once and passes them to sample and log_prob."""
+    q, group = random_q(12, 3, (5, 3, 2))
+    w = sample_q(0, q)
+    first = proposals.layer_log_weights(q, w, group, 0)
+    sigmas, log_r = sample(jax.random.key(4), q, w, group, 6)
+    shared_sigmas, shared_log_r = jax.jit(
+        lambda f: proposals.sample(jax.random.key(4), q, w, group, 6, first_log_weights=f))(first)
+    for a, b in zip(sigmas, shared_sigmas):
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_allclose(shared_log_r, log_r, rtol=1e-6, atol=1e-6)
+    one = tuple(s[0] for s in sigmas)
+    np.testing.assert_allclose(proposals.log_prob(q, w, group, one, first_log_weights=first),
+                               log_prob(q, w, group, one), rtol=1e-6, atol=1e-6)
+    with pytest.raises(ValueError, match=r"first_log_weights must be factor 0's log F of shape \(5, 5\)"):
+        proposals.log_prob(q, w, group, one, first_log_weights=first[:3])
