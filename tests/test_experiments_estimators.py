@@ -55,6 +55,12 @@ def test_config_validation_and_missing_data(tmp_path):
     with pytest.raises(ValueError, match="data_path"):
         estimators.run(base.config_from_dict(estimators.Config, {"parts": ["exact"],
                                                                  "data_path": str(tmp_path / "none.npz")}))
+    for overrides, message in (({"train_methods": ["uniform", "importance"]}, "train_methods"),
+                               ({"train_methods": ["mfvi", "nope"]}, "train_methods"),
+                               ({"train_methods": ["mfvi", "exact"], "train_widths": [100]}, "exact"),
+                               ({"train_score_correction": "yes"}, "train_score_correction")):
+        with pytest.raises(ValueError, match=message):
+            base.config_from_dict(estimators.Config, overrides)
     # the shipped config is valid
     config = base.load_config(estimators.Config, str(Path(__file__).resolve().parents[1] / "configs" / "estimators.yaml"))
     assert config.parts == estimators.PARTS
@@ -65,9 +71,15 @@ def test_train_and_overhead_parts_run(tmp_path):
     out = tmp_path / "train"
     code = cli.main(["estimators", "--out", str(out), "--parts", "[train, overhead]", "--train-widths", "[6]",
                      "--train-num-train", "100", "--batch-size", "50", "--train-epochs", "1", "--train-seeds", "2",
+                     "--train-methods", "[mfvi, uniform, importance, exact]",
                      "--eval-num-permutations", "3", "--eval-num-samples", "2", "--predict-num-samples", "10",
                      "--overhead-width", "16", "--overhead-rounds", "1", "--overhead-steps", "2", *_data_flag()])
     assert code == 0
     rows = json.loads((out / "results.json").read_text())["rows"]
-    assert {r["method"] for r in rows if r["part"] == "train"} == {"mfvi", "uniform", "importance"}
+    train = [r for r in rows if r["part"] == "train"]
+    assert {r["method"] for r in train} == {"mfvi", "uniform", "importance", "exact"}
+    for r in train:  # d = 6 <= MAX_WIDTH: the exact I on the same draws is reported
+        assert 0.0 <= r["exact_mutual_information"] <= math.log(720) + 1e-4
+    markdown = (out / "results.md").read_text()
+    assert "| importance - uniform |" in markdown and "| exact - MFVI |" in markdown
     assert {r["method"] for r in rows if r["part"] == "overhead"} == {"mfvi", "uniform", "importance"}
