@@ -403,6 +403,8 @@ def _compile_programs(config: Config, train, test, ood, methods, seed_keys):
 def _config_digest(config: Config) -> str:
     """sha256 of every config key that changes a width's results (not ``widths`` or compile threads)."""
     fields = {k: v for k, v in dataclasses.asdict(config).items() if k not in ("widths", "compile_workers")}
+    if fields["kl_scale"] == "dataset":  # added later: at its default it leaves the digest (and --resume) as before
+        del fields["kl_scale"]
     return hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()
 
 
