@@ -83,3 +83,27 @@ def test_train_and_overhead_parts_run(tmp_path):
     markdown = (out / "results.md").read_text()
     assert "| importance - uniform |" in markdown and "| exact - MFVI |" in markdown
     assert {r["method"] for r in rows if r["part"] == "overhead"} == {"mfvi", "uniform", "importance"}
+
+
+def test_train_report_gives_paired_intervals_for_every_method():
+    """The train part's page: one column per method in ``train_methods`` and each difference row
+    equal to ``stats.paired_ci`` over the seeds (here L^G / N with the exact I, width <= MAX_WIDTH)."""
+    from symvi_jax.experiments.stats import paired_ci
+
+    config = estimators.Config(parts=("train",), train_widths=(4,), train_seeds=3, train_num_train=100,
+                               train_methods=("mfvi", "importance", "exact"))
+    rows = []
+    for m_index, method in enumerate(config.train_methods):
+        for seed in range(3):
+            value = -200.0 + 3.0 * m_index + seed * (1.0 + m_index)
+            rows.append(dict(part="train", method=method, seed=seed, width=4, elbo=value - 2.0, elbo_symmetrized=value,
+                             elbo_symmetrized_exact=value + 0.5, mi_fraction=0.5, test_nll=1.0, test_accuracy=0.9,
+                             collapsed_units=seed, exact_mutual_information=2.5))
+    markdown = estimators._markdown(config, rows, {"train": 1.0})
+    assert "| metric | MFVI | importance | exact |" in markdown
+    by = {m: [r["elbo_symmetrized_exact"] / 100 for r in rows if r["method"] == m] for m in config.train_methods}
+    for a, b in (("importance", "mfvi"), ("exact", "mfvi"), ("importance", "exact")):
+        mean, lo, hi = paired_ci(by[b], by[a])
+        line = next(x for x in markdown.splitlines() if x.startswith(f"| {estimators._TRAIN_LABEL[a]} - "
+                                                                      f"{estimators._TRAIN_LABEL[b]} |"))
+        assert f"{mean:+.4f} [{lo:+.4f}, {hi:+.4f}]" in line.split(" | ")[3]
