@@ -78,8 +78,9 @@ def test_train_and_overhead_parts_run(tmp_path):
     rows = json.loads((out / "results.json").read_text())["rows"]
     train = [r for r in rows if r["part"] == "train"]
     assert {r["method"] for r in train} == {"mfvi", "uniform", "importance", "exact"}
-    for r in train:  # d = 6 <= MAX_WIDTH: the exact I on the same draws is reported
-        assert 0.0 <= r["exact_mutual_information"] <= math.log(720) + 1e-4
+    for r in train:  # d = 6 <= MAX_WIDTH: the exact I on the same draws is reported (float32 permanent: a
+        # disjoint-copies q measured 3.4e-4 nats above log 6! here, so the cap is checked to 1e-3)
+        assert 0.0 <= r["exact_mutual_information"] <= math.log(720) + 1e-3
     markdown = (out / "results.md").read_text()
     assert "| importance - uniform |" in markdown and "| exact - MFVI |" in markdown
     assert {r["method"] for r in rows if r["part"] == "overhead"} == {"mfvi", "uniform", "importance"}
