@@ -61,6 +61,32 @@ def test_mfvi_weight_gives_the_elbo_gradient(next_key):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("mi_weight", [0.0, 1.0])
+def test_minibatch_kl_scale_is_the_library_objective_on_n_over_c_points(next_key, mi_weight):
+    """kl_weight c (``kl_scale="minibatch"``, c = N / M): E_ll - c (KL - w I^K) = c * [the library's
+    objective with data_size N / c], value and gradient (MFVI: objectives.elbo; SGM at full K:
+    objectives.symmetrized_elbo)."""
+    _, params, loglik, batch, group = _problem(next_key)
+    q = _broad_q(next_key(), params)
+    key, size, c = next_key(), 40, 5
+
+    def ours(q):
+        return mnist.symmetrized_objective(key, q, batch, loglikelihood_fn=loglik, group=group, data_size=size,
+                                           prior_scale=1.0, num_samples=2, max_permutations=6,
+                                           num_permutations=6, mi_weight=mi_weight, kl_weight=c)[0]
+
+    def reference(q):
+        common = dict(loglikelihood_fn=loglik, data_size=size // c, num_samples=2)
+        if mi_weight == 0.0:
+            return c * objectives.elbo(jax.random.split(key)[0], q, batch, **common)[0]
+        return c * objectives.symmetrized_elbo(key, q, batch, group=group, num_permutations=6, **common)[0]
+
+    (v1, g1), (v2, g2) = jax.jit(jax.value_and_grad(ours))(q), jax.jit(jax.value_and_grad(reference))(q)
+    np.testing.assert_allclose(v1, v2, rtol=1e-5)
+    for a, b in zip(jax.tree.leaves(g1), jax.tree.leaves(g2)):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
 def test_smaller_k_uses_a_prefix_and_is_capped_at_log_k(next_key):
     _, params, _, _, group = _problem(next_key)
     q = meanfield.init(params, init_scale=1e-3)  # copies far apart: I^K saturates at log K
@@ -129,6 +155,7 @@ def test_unit_statistics_flags_prior_units(next_key):
     ({"num_eval_samples": 100, "eval_chunk_size": 30}, "divide"),
     ({"predictive": "exact"}, "predictive"),
     ({"num_train": 50}, "batch_size"),
+    ({"kl_scale": "batch"}, "kl_scale"),
 ])
 def test_config_rejects_bad_values(overrides, message):
     from symvi_jax.experiments.base import config_from_dict

@@ -11,9 +11,12 @@ Parts (``parts`` selects any of them):
 * ``wide`` -- widths 100-1000, where nothing exact exists: both lower bounds at each K.
 * ``distance`` -- the relative distance to the nearest equivalent mode of q's mean (Theorem 3.1)
   at every width, with the theorem's bound.
-* ``train`` -- MFVI vs the uniform symmetrized objective vs the importance-weighted one on an
-  MNIST subset, over seeds: train ELBO L, a lower bound on L^G (L + the importance bound at
-  K = ``eval_num_permutations``), test NLL and accuracy, collapsed units, I / log|G|.
+* ``train`` -- MFVI vs the uniform symmetrized objective vs the importance-weighted one (and, with
+  ``"exact"`` in ``train_methods`` at widths <= ``permanent.MAX_WIDTH``, the exact L^G through the
+  permanent) on an MNIST subset, over seeds paired across methods (seed i gives every method the
+  same initial means, minibatches and step keys): train ELBO L, a lower bound on L^G (L + the
+  importance bound at K = ``eval_num_permutations``, the same for every method), test NLL and
+  accuracy, collapsed units, I / log|G|, and paired 95% t intervals of the differences.
 * ``overhead`` -- training-step time of the three objectives at ``overhead_width``.
 
 MNIST is read from ``data_path`` (``/work/shared/data/mnist.npz`` layout: uint8 x_train, y_train,
@@ -37,11 +40,13 @@ from symvi_jax import (MLP, PermutationGroup, diagnostics, likelihoods, meanfiel
                        predict, vi)
 from symvi_jax.experiments import base
 from symvi_jax.experiments.base import Result
+from symvi_jax.experiments.stats import paired_ci
 
 __all__ = ["Config", "run", "measure_step_times"]
 
 PARTS = ("exact", "wide", "distance", "train", "overhead")
 METHODS = ("mfvi", "uniform", "importance")
+TRAIN_METHODS = METHODS + ("exact",)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,6 +81,8 @@ class Config:
     train_num_permutations: int = 20
     train_seeds: int = 3
     train_learning_rate: float = 3e-3
+    train_methods: tuple[str, ...] = METHODS
+    train_score_correction: bool = False   # importance: score-function term, unbiased for any proposal
     eval_num_permutations: int = 100
     eval_num_samples: int = 16
     predict_num_samples: int = 100
@@ -111,6 +118,16 @@ class Config:
         for key in ("num_permutations", "wide_num_permutations"):
             if not getattr(self, key) or any(k < 1 for k in getattr(self, key)):
                 raise ValueError(f"config key {key!r} must be a non-empty tuple of K >= 1, got {getattr(self, key)}")
+        if not self.train_methods or set(self.train_methods) - set(TRAIN_METHODS) or "mfvi" not in self.train_methods \
+                or len(set(self.train_methods)) != len(self.train_methods):
+            raise ValueError(f"config key 'train_methods' must hold distinct names from {TRAIN_METHODS}, "
+                             f"'mfvi' among them (the reference of the paired differences), got {self.train_methods}")
+        if "exact" in self.train_methods and any(w > permanent.MAX_WIDTH for w in self.train_widths):
+            raise ValueError(f"config key 'train_methods' has 'exact', which needs train_widths <= "
+                             f"{permanent.MAX_WIDTH} (the permanent), got {self.train_widths}")
+        if not isinstance(self.train_score_correction, bool):
+            raise ValueError(f"config key 'train_score_correction' must be true or false, got "
+                             f"{self.train_score_correction!r}")
         if max(self.num_train, self.train_num_train) > 60000:
             raise ValueError("config keys 'num_train' and 'train_num_train' must be <= 60000 (MNIST's training set)")
         if self.batch_size > min(self.num_train, self.train_num_train):
@@ -181,7 +198,7 @@ def _trainer(width, size, num_steps, batch_size, learning_rate, prior_scale, obj
             return state, None
 
         state, _ = jax.lax.scan(body, state, jax.random.split(key_steps, num_steps))
-        return state.params
+        return state.q
 
     return jax.jit(jax.vmap(one, in_axes=(0, None, None)))
 
@@ -318,9 +335,13 @@ def _part_distance(config: Config, posteriors_of, key):
 def _objective_kwargs(method, group, config: Config):
     if method == "mfvi":
         return {}
+    if method == "exact":
+        return dict(objective="symmetrized_elbo", group=group, estimator="exact")
     kwargs = dict(objective="symmetrized_elbo", group=group, num_permutations=config.train_num_permutations)
     if method == "importance":
         kwargs.update(estimator="importance", proposal_temperature=config.temperature)
+        if config.train_score_correction:  # only when set: the default's compiled program stays as it was
+            kwargs.update(score_correction=True)
     return kwargs
 
 
@@ -335,6 +356,7 @@ def _part_train(config: Config, train_all, test, key):
         loglik = likelihoods.categorical(apply_fn)
         steps = config.train_epochs * (config.train_num_train // config.batch_size)
         seeds = jax.random.split(jax.random.fold_in(key, width), config.train_seeds)
+        exact = width <= permanent.MAX_WIDTH
 
         @jax.jit
         @jax.vmap
@@ -343,14 +365,17 @@ def _part_train(config: Config, train_all, test, key):
             elbo, _ = jax.lax.map(lambda k: objectives.elbo(
                 k, q, data, loglikelihood_fn=loglik, data_size=config.train_num_train,
                 prior_scale=config.train_prior_scale, num_samples=1), jax.random.split(key_elbo, config.eval_num_samples))
-            mi = orbits.mutual_information_terms(
-                key_mi, q, meanfield.sample(key_sample, q, config.eval_num_samples), group,
-                num_permutations=config.eval_num_permutations, estimator="importance")
+            samples = meanfield.sample(key_sample, q, config.eval_num_samples)
+            mi = orbits.mutual_information_terms(key_mi, q, samples, group,
+                                                 num_permutations=config.eval_num_permutations, estimator="importance")
             probs = predict.predictive_probs(key_pred, q, apply_fn, x_test, num_samples=config.predict_num_samples,
                                              chunk_size=math.gcd(config.predict_num_samples, 10))
-            return jnp.mean(elbo), jnp.mean(mi), predict.nll(probs, y_test), predict.accuracy(probs, y_test)
+            out = (jnp.mean(elbo), jnp.mean(mi), predict.nll(probs, y_test), predict.accuracy(probs, y_test))
+            if exact:  # the exact I on the same weight samples (permanent; one hidden layer, d <= MAX_WIDTH)
+                out += (jnp.mean(orbits.mutual_information_terms(None, q, samples, group, estimator="exact")),)
+            return out
 
-        for method in METHODS:
+        for method in config.train_methods:
             start = time.perf_counter()
             qs = _train(seeds, width, data, num_steps=steps, batch_size=config.batch_size,
                         learning_rate=config.train_learning_rate, prior_scale=config.train_prior_scale,
@@ -359,7 +384,7 @@ def _part_train(config: Config, train_all, test, key):
             seconds = time.perf_counter() - start
             metrics = jax.device_get(evaluate(jax.vmap(lambda k: jax.random.fold_in(k, 1))(seeds), qs))
             for seed_index in range(config.train_seeds):
-                elbo, mi, nll, accuracy = (float(v[seed_index]) for v in metrics)
+                elbo, mi, nll, accuracy, *exact_mi = (float(v[seed_index]) for v in metrics)
                 q = jax.tree.map(lambda x: x[seed_index], qs)
                 rows.append(dict(
                     part="train", method=method, seed=seed_index, width=width, num_train=config.train_num_train,
@@ -368,6 +393,8 @@ def _part_train(config: Config, train_all, test, key):
                     collapsed_units=diagnostics.collapsed_units(q, group, config.train_prior_scale)[0],
                     train_seconds_all_seeds=seconds,
                 ))
+                if exact_mi:
+                    rows[-1].update(exact_mutual_information=exact_mi[0], elbo_symmetrized_exact=elbo + exact_mi[0])
     return rows
 
 
@@ -460,6 +487,9 @@ def _mean_se(values):
     return float(values.mean()), float(se)
 
 
+_TRAIN_LABEL = {"mfvi": "MFVI", "uniform": "uniform", "importance": "importance", "exact": "exact"}
+
+
 def _markdown(config: Config, rows, timings) -> str:
     lines = ["# Orbit estimators on MNIST posteriors", "",
              f"One hidden layer (784 -> d -> 10), prior N(0, {config.prior_scale}^2), posteriors trained on "
@@ -543,32 +573,39 @@ def _markdown(config: Config, rows, timings) -> str:
                   f"{config.train_epochs} epochs of batch "
                   f"{config.batch_size}, Adam lr {config.train_learning_rate}, sigma starts at "
                   f"{config.train_init_scale}, K = {config.train_num_permutations} for both symmetrized objectives, "
-                  f"{config.train_seeds} seeds (mean +- standard error). L^G is reported as its lower bound "
+                  f"{config.train_seeds} seeds paired across methods (mean +- standard error), importance gradient "
+                  f"{'score-corrected' if config.train_score_correction else 'default (issue #12 fix)'}. "
+                  "L^G is reported as its lower bound "
                   f"L + I_hat with the importance estimator at K = {config.eval_num_permutations} "
                   f"({config.eval_num_samples} samples) for every method; test NLL and accuracy on the 10k test "
                   f"set from {config.predict_num_samples} weight samples. Values per training example.", ""]
+        methods = [m for m in TRAIN_METHODS if m in config.train_methods]
+        n = config.train_num_train
         for width in config.train_widths:
-            lines += [f"### d = {width}", "", "| metric | MFVI | uniform | importance | importance - best other (paired) |",
-                      "| --- | --- | --- | --- | --- |"]
-            by = {m: [r for r in train if r["method"] == m and r["width"] == width] for m in METHODS}
-            n = config.train_num_train
-            metrics = [("elbo", "L / N", n, "higher"), ("elbo_symmetrized", "L^G (lower bound) / N", n, "higher"),
-                       ("mi_fraction", "I / log d!", 1, ""), ("test_nll", "test NLL", 1, "lower"),
-                       ("test_accuracy", "test accuracy", 1, "higher"), ("collapsed_units", "collapsed units", 1, "")]
-            for key, label, div, better in metrics:
+            by = {m: sorted((r for r in train if r["method"] == m and r["width"] == width), key=lambda r: r["seed"])
+                  for m in methods}
+            metrics = [("elbo", "L / N", n), ("elbo_symmetrized", "L^G (lower bound) / N", n),
+                       ("mi_fraction", "I / log d!", 1), ("test_nll", "test NLL", 1),
+                       ("test_accuracy", "test accuracy", 1), ("collapsed_units", "collapsed units", 1)]
+            if all("exact_mutual_information" in r for r in by["mfvi"]):
+                metrics.insert(2, ("elbo_symmetrized_exact", "L^G (exact I) / N", n))
+            lines += [f"### d = {width}", "", "| metric | " + " | ".join(_TRAIN_LABEL[m] for m in methods) + " |",
+                      "| --- |" + " --- |" * len(methods)]
+            for key, label, div in metrics:
+                cells = [f"{mean:.4f} +- {se:.4f}" for mean, se in (_mean_se([r[key] / div for r in by[m]])
+                                                                  for m in methods)]
+                lines.append(f"| {label} | " + " | ".join(cells) + " |")
+            pairs = [(m, "mfvi") for m in methods if m != "mfvi"]
+            pairs += [("importance", m) for m in ("uniform", "exact") if "importance" in methods and m in methods]
+            lines += ["", "Paired differences (same seeds), mean [95% t interval] (`stats.paired_ci`):", "",
+                      "| difference | " + " | ".join(label for _, label, _ in metrics) + " |",
+                      "| --- |" + " --- |" * len(metrics)]
+            for a, b in pairs:
                 cells = []
-                for m in METHODS:
-                    mean, se = _mean_se([r[key] / div for r in by[m]])
-                    cells.append(f"{mean:.4f} +- {se:.4f}")
-                diff = ""
-                if better:
-                    sign = 1 if better == "higher" else -1
-                    others = [m for m in ("mfvi", "uniform")]
-                    best = max(others, key=lambda m: sign * np.mean([r[key] for r in by[m]]))
-                    d, se = _mean_se([(a[key] - b[key]) / div for a, b in zip(by["importance"], by[best])])
-                    z = d / se if se and np.isfinite(se) and se > 0 else float("nan")
-                    diff = f"{d:+.4f} +- {se:.4f} vs {best} ({z:+.1f} SE)"
-                lines.append(f"| {label} | " + " | ".join(cells) + f" | {diff} |")
+                for key, _, div in metrics:
+                    mean, lo, hi = paired_ci([r[key] / div for r in by[b]], [r[key] / div for r in by[a]])
+                    cells.append(f"{mean:+.4f} [{lo:+.4f}, {hi:+.4f}]")
+                lines.append(f"| {_TRAIN_LABEL[a]} - {_TRAIN_LABEL[b]} | " + " | ".join(cells) + " |")
             lines += [""]
     overhead = [r for r in rows if r["part"] == "overhead"]
     if overhead:

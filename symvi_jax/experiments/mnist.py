@@ -79,6 +79,11 @@ PAPER_TABLE1 = {
 }
 
 _METHOD = re.compile(r"^(mfvi|sgm(\d+))$")
+
+#: ``kl_scale``: "dataset" trains on L = N E_batch[log p(y|x,w)] - KL (the ELBO; per example, the KL
+#: counts 1/N); "minibatch" counts the KL once per minibatch, N E_batch[log p] - (N/M)(KL - weight I^K)
+#: (per example: E_batch[log p] - (KL - weight I^K)/M), an N/M times heavier prior term.
+KL_SCALES = ("dataset", "minibatch")
 _NUM_CLASSES = 10
 
 
@@ -98,6 +103,7 @@ class Config:
     prior_scale: float = 1.0
     init_scale: float = 1e-2
     init_loc_scale: Optional[float] = None
+    kl_scale: str = "dataset"
     num_seeds: int = 10
     seed: int = 0
     num_train: Optional[int] = None
@@ -136,6 +142,8 @@ class Config:
                 f"config key 'eval_chunk_size' ({self.eval_chunk_size}) must divide num_eval_samples "
                 f"({self.num_eval_samples})"
             )
+        if self.kl_scale not in KL_SCALES:
+            raise ValueError(f"config key 'kl_scale' must be one of {KL_SCALES}, got {self.kl_scale!r}")
         if self.predictive not in ("local", "weights"):
             raise ValueError(f"config key 'predictive' must be 'local' or 'weights', got {self.predictive!r}")
         for key in ("num_train", "num_test"):
@@ -164,15 +172,19 @@ def symmetrized_objective(
     max_permutations: int,
     num_permutations,
     mi_weight,
+    kl_weight: float = 1.0,
 ):
     """L + mi_weight * I^K on one minibatch: MFVI for weight 0, SGM (L^K) for weight 1.
+
+    With ``kl_weight`` c != 1 the value is E_ll - c (KL - mi_weight I^K) (``kl_scale="minibatch"``:
+    c = N / M); the returned info keeps the unscaled KL.
 
     ``objectives.symmetrized_elbo`` with ``orbits.InfoNCE(K, max_permutations=K_max)``: K and the
     weight may be traced, so every method of a width is one program (vmapped over methods).
     """
     return objectives.symmetrized_elbo(
         rng_key, q, batch, loglikelihood_fn=loglikelihood_fn, group=group, data_size=data_size,
-        prior_scale=prior_scale, num_samples=num_samples, mi_weight=mi_weight,
+        prior_scale=prior_scale, num_samples=num_samples, mi_weight=mi_weight, kl_weight=kl_weight,
         estimator=orbits.InfoNCE(num_permutations, max_permutations=max_permutations),
     )
 
@@ -226,12 +238,13 @@ def _train_program(config: Config, width: int, size: int, num_inputs: int, metho
     template = model.init(jax.random.key(0), jnp.zeros((1, num_inputs)))["params"]
     group = PermutationGroup.from_params(template)
     max_k = max(k for k, _ in methods)
+    kl_weight = 1.0 if config.kl_scale == "dataset" else size / config.batch_size
 
     def build(num_permutations, mi_weight):
         objective = lambda rng_key, q, batch: symmetrized_objective(  # noqa: E731
             rng_key, q, batch, loglikelihood_fn=loglik, group=group, data_size=size,
             prior_scale=config.prior_scale, num_samples=config.num_samples, max_permutations=max_k,
-            num_permutations=num_permutations, mi_weight=mi_weight,
+            num_permutations=num_permutations, mi_weight=mi_weight, kl_weight=kl_weight,
         )
         return vi.build(loglik, optax.adam(config.learning_rate), data_size=size, objective=objective,
                         num_samples=config.num_samples, prior_scale=config.prior_scale,
@@ -353,6 +366,8 @@ def _compile_programs(config: Config, train, test, ood, methods, seed_keys):
 def _config_digest(config: Config) -> str:
     """sha256 of every config key that changes a width's results (not ``widths`` or compile threads)."""
     fields = {k: v for k, v in dataclasses.asdict(config).items() if k not in ("widths", "compile_workers")}
+    if fields["kl_scale"] == "dataset":  # added later: at its default it leaves the digest (and --resume) as before
+        del fields["kl_scale"]
     return hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()
 
 
@@ -504,7 +519,7 @@ def _markdown(config: Config, rows, timings, load_time, compile_time, total) -> 
         "",
         f"{n_train} training images, {config.num_epochs} epochs, batch {config.batch_size}, Adam lr "
         f"{config.learning_rate}, S = {config.num_samples}, prior N(0, {config.prior_scale}^2), initial sigma "
-        f"{config.init_scale}, {config.num_seeds} seeds (paired across methods); predictions from "
+        f"{config.init_scale}, KL scaled per {config.kl_scale}, {config.num_seeds} seeds (paired across methods); predictions from "
         f"{config.num_eval_samples} draws ({config.predictive}). Mean +- std over seeds.",
         "",
         "## Test accuracy (%)",
