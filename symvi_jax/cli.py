@@ -44,6 +44,8 @@ COMMANDS = {
                    "How much of I(g; w) comes from sign flips and how much from permutations, on tanh nets."),
     "cnn": ("symvi_jax.experiments.cnn",
             "A small CNN on MNIST / Fashion-MNIST with its channel symmetry read off the network."),
+    "realdata": ("symvi_jax.experiments.realdata",
+                 "Real data, offline: MFVI and symmetrized VI against NumPyro's SVI (AutoNormal) on scikit-learn's data sets."),
 }
 
 
