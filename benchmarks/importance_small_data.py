@@ -84,7 +84,7 @@ def train(method: str, seed_keys, *, steps: int, learning_rate: float, num_sampl
             return state, info.objective
 
         state, trace = jax.lax.scan(body, state, jax.random.split(key_steps, steps))
-        return state.params, trace
+        return state.q, trace
 
     return jax.jit(jax.vmap(one))(seed_keys)
 

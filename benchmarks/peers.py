@@ -41,7 +41,7 @@ def symvi_step(width, batch_size, track_grad_norm=True):
     state = algorithm.init(params)
     step = jax.jit(algorithm.step)
     key = jax.random.key(3)
-    return lambda: step(key, state, batch)[0].params.loc
+    return lambda: step(key, state, batch)[0].q.loc
 
 
 def floor_step(width, batch_size):

@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 
 __all__ = ["all_finite", "data_digest", "finite_data", "is_int", "key_to_data", "mean_field_state", "positive", "positive_float",
-           "positive_int", "rng_key"]
+           "positive_int", "prior_scale", "rng_key"]
 
 
 def is_int(value) -> bool:
@@ -56,14 +56,37 @@ def positive(value, name: str) -> None:
             raise ValueError(f"{name} must be finite and > 0, got {value!r}")
 
 
+def prior_scale(value, params, name: str = "prior_scale") -> None:
+    """One positive scale, or a tree of them (scalars or arrays broadcastable to the leaf) shaped like ``params``."""
+    positive(value, name)
+    if jax.tree_util.treedef_is_leaf(jax.tree.structure(value)):
+        return
+    found, expected = jax.tree.structure(value), jax.tree.structure(params)
+    if found != expected:
+        raise ValueError(
+            f"{name}: the tree's leaves {_leaf_names(value)} do not match the params' leaves {_leaf_names(params)}; "
+            "give one number, or one scale (a number or an array) per params leaf"
+        )
+    for path, scale, leaf in zip(_leaf_names(value), jax.tree.leaves(value), jax.tree.leaves(params)):
+        try:
+            np.broadcast_shapes(np.shape(scale), np.shape(leaf))
+        except ValueError:
+            raise ValueError(f"{name}: leaf {path} has shape {np.shape(scale)}, which does not broadcast to the "
+                             f"params leaf's shape {np.shape(leaf)}") from None
+
+
+def _leaf_names(tree) -> list:
+    return [jax.tree_util.keystr(path) for path, _ in jax.tree_util.tree_flatten_with_path(tree)[0]]
+
+
 def mean_field_state(value, name: str = "q") -> None:
     """A ``MeanFieldState`` (anything with ``loc`` and ``raw_scale``); a ``vi.VIState`` is refused by name."""
     if hasattr(value, "loc") and hasattr(value, "raw_scale"):
         return
-    if hasattr(value, "params") and hasattr(value, "opt_state"):
-        raise ValueError(f"{name} must be a meanfield.MeanFieldState, got a vi.VIState: pass state.params "
+    if hasattr(value, "opt_state"):
+        raise ValueError(f"{name} must be a meanfield.MeanFieldState, got a vi.VIState: pass state.q "
                          "(the variational parameters it holds), not the training state")
-    raise ValueError(f"{name} must be a meanfield.MeanFieldState (meanfield.init, or vi's state.params), "
+    raise ValueError(f"{name} must be a meanfield.MeanFieldState (meanfield.init, or vi's state.q), "
                      f"got {type(value).__name__}")
 
 

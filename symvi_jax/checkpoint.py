@@ -3,7 +3,9 @@
 A checkpoint (:class:`TrainingCheckpoint`) holds everything a run needs to continue exactly where
 it stopped:
 
-* ``state``: the ``vi.VIState`` (variational parameters and optimiser state), bit for bit;
+* ``state``: the ``vi.VIState`` (variational parameters, optimiser state and learned
+  hyperparameters), bit for bit. A checkpoint written before ``VIState.params`` was renamed
+  ``q`` restores into today's ``VIState`` (with no hyperparameters);
 * ``rng_key``: the key the run was started with (a typed key is stored as ``jax.random.key_data``
   plus the name of its implementation, and rebuilt with ``jax.random.wrap_key_data``);
 * ``step``: the number of steps done. ``vi.fit`` derives the data order of epoch e and the key of
@@ -211,7 +213,8 @@ class Checkpointer:
         impl = record["rng_key_impl"]
         key_shape = jax.random.key_data(jax.random.key(0, impl=impl)).shape if impl else (2,)
         key_template = np.zeros(key_shape, np.uint32)
-        template = {"state": {"state": state, "rng_key": key_template}}
+        legacy = self._is_legacy_vi_state(step, state)
+        template = {"state": {"state": _legacy_template(state) if legacy else state, "rng_key": key_template}}
         if history is not None:
             if not record["has_history"]:
                 raise ValueError(f"checkpoint {self.directory / str(step)} holds no history")
@@ -235,13 +238,37 @@ class Checkpointer:
                 f"checkpoint {self.directory / str(step)} does not fit the given state/history templates "
                 f"(a different network, optimiser or run length?): {err}"
             ) from None
+        restored_state = restored["state"]["state"]
+        if legacy:  # saved as VIState(params, opt_state): rebuild today's VIState(q, opt_state, hyper=())
+            restored_state = type(state)(restored_state["params"], restored_state["opt_state"], state.hyper)
         return TrainingCheckpoint(
-            state=restored["state"]["state"],
+            state=restored_state,
             rng_key=_key_from_data(restored["state"]["rng_key"], record["rng_key_impl"]),
             step=int(record["step"]),
             history=restored.get("history"),
             metadata=record["user"],
         )
+
+    def _is_legacy_vi_state(self, step: int, state) -> bool:
+        """Whether the checkpoint holds a ``vi.VIState`` saved before its field ``params`` was renamed ``q``.
+
+        Such a checkpoint restores into today's ``VIState`` (``hyper`` empty: it had none); a
+        template with learned hyperparameters is refused, since the checkpoint holds none of them.
+        """
+        if "q" not in getattr(type(state), "_fields", ()):
+            return False
+        saved = self._ocp.StandardCheckpointHandler().metadata(self.directory / str(step) / "state")
+        saved = getattr(saved, "tree", saved)["state"]
+        if not isinstance(saved, Mapping) or "params" not in saved or "q" in saved:
+            return False
+        if jax.tree.leaves(state.hyper):
+            raise ValueError(
+                f"checkpoint {self.directory / str(step)} holds a VIState saved before hyperparameters existed "
+                "(fields params, opt_state); it cannot restore a state with learned hyperparameters "
+                "(state.hyper is not empty): build without learn_noise / learn_prior_scale to continue it, or "
+                "start a new run"
+            )
+        return True
 
     def _resolve_step(self, step) -> int:
         steps = self.all_steps()
@@ -264,6 +291,11 @@ class Checkpointer:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _legacy_template(state):
+    """The pre-rename layout of a ``vi.VIState``: orbax restores by field name."""
+    return {"params": state.q, "opt_state": state.opt_state}
 
 
 def _dtype(x):

@@ -6,7 +6,10 @@ objectives scale the minibatch sum by N / M.
 
 * :func:`categorical`: log softmax(f(x))[y] for integer labels y in [0, C).
 * :func:`gaussian`: log N(y; f(x), 1/tau) = 0.5 log(tau / 2 pi) - tau/2 ||y - f(x)||^2 per example,
-  summed over output dimensions, for a fixed noise precision tau.
+  summed over output dimensions, for a fixed noise precision tau, or a learned one
+  (``learn_noise=True``: tau = exp(hyper["log_noise_precision"]), a point estimate in ``VIState.hyper``).
+* :func:`heteroscedastic_gaussian`: log N(y; m(x), exp(-eta(x))) with the network's 2D outputs
+  split into the mean m and the log-precision eta.
 * :func:`bernoulli`: y log sigmoid(f(x)) + (1 - y) log sigmoid(-f(x)) = y f(x) - softplus(f(x)) for
   binary labels y in {0, 1} and logits f(x), summed over output dimensions.
 * :func:`student_t`: log St(y; f(x), s, nu) = log Gamma((nu+1)/2) - log Gamma(nu/2) - 1/2 log(nu pi)
@@ -25,7 +28,7 @@ under ``jit`` an out-of-range label only shows up as a wrong or NaN objective.
 from __future__ import annotations
 
 import math
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import jax
 import jax.numpy as jnp
@@ -38,6 +41,8 @@ from symvi_jax.types import Array, ArrayTree
 __all__ = [
     "categorical",
     "gaussian",
+    "heteroscedastic_gaussian",
+    "hyper_value",
     "bernoulli",
     "student_t",
     "poisson",
@@ -48,6 +53,8 @@ __all__ = [
 ]
 
 LogLikelihoodFn = Callable[[ArrayTree, Any], Array]
+
+_LOG_2PI = math.log(2 * math.pi)
 
 
 def _split_batch(batch):
@@ -180,12 +187,26 @@ def categorical(apply_fn: Callable[[ArrayTree, Array], Array]) -> LogLikelihoodF
     return _with_check(loglikelihood_fn, apply_fn, check_targets)
 
 
-def gaussian(apply_fn: Callable[[ArrayTree, Array], Array], *, noise_precision: float) -> LogLikelihoodFn:
-    """Regression with fixed noise: log N(y; f_w(x), 1/tau), summed over output dimensions.
+def gaussian(
+    apply_fn: Callable[[ArrayTree, Array], Array], *, noise_precision: float, learn_noise: bool = False
+) -> LogLikelihoodFn:
+    """Regression with Gaussian noise: log N(y; f_w(x), 1/tau), summed over output dimensions.
+
+    Args:
+      apply_fn: ``(params, inputs) -> predictions``.
+      noise_precision: tau > 0; with ``learn_noise`` its initial value.
+      learn_noise: learn tau by type-II maximum likelihood alongside q. The returned function is
+        then ``loglikelihood_fn(params, batch, hyper)`` with tau = exp(hyper["log_noise_precision"])
+        and carries ``hyper_init = {"log_noise_precision": log tau}``, which ``vi.build`` puts in
+        ``VIState.hyper`` (``vi.hyperparameters(state)["noise_precision"]`` reads tau back).
 
     The returned function has ``check_batch(params, batch)`` (see the module docstring).
     """
     noise_precision = _checks.positive_float(noise_precision, "noise_precision")
+    if not isinstance(learn_noise, bool):
+        raise ValueError(f"learn_noise must be True or False, got {learn_noise!r}")
+    if learn_noise:
+        return _learned_noise_gaussian(apply_fn, noise_precision)
     log_norm = 0.5 * math.log(noise_precision / (2 * math.pi))
 
     def loglikelihood_fn(params, batch):
@@ -197,6 +218,64 @@ def gaussian(apply_fn: Callable[[ArrayTree, Array], Array], *, noise_precision: 
         return _per_example_sum(per_dim)
 
     return _with_check(loglikelihood_fn, apply_fn, _match_targets)
+
+
+def hyper_value(hyper, name: str) -> Array:
+    """``hyper[name]``, or a ValueError saying that this likelihood learns ``name`` and needs ``hyper``."""
+    if not isinstance(hyper, Mapping) or name not in hyper:
+        raise ValueError(
+            f"hyper: this loglikelihood_fn learns {name!r}; call it as loglikelihood_fn(params, batch, hyper) "
+            f"with hyper=state.hyper (a dict holding {name!r}), got {hyper!r}"
+        )
+    return hyper[name]
+
+
+def _learned_noise_gaussian(apply_fn, noise_precision: float) -> LogLikelihoodFn:
+    """``gaussian`` with tau = exp(hyper["log_noise_precision"]) (see :func:`gaussian`)."""
+
+    def loglikelihood_fn(params, batch, hyper=None):
+        log_tau = hyper_value(hyper, "log_noise_precision")
+        check_batch(params, batch)
+        inputs, targets = _split_batch(batch)
+        predictions = apply_fn(params, inputs)
+        targets = _match_targets(targets, predictions.shape)
+        log_tau = jnp.asarray(log_tau, dtype=predictions.dtype)
+        per_dim = 0.5 * (log_tau - _LOG_2PI) - 0.5 * jnp.exp(log_tau) * jnp.square(targets - predictions)
+        return _per_example_sum(per_dim)
+
+    loglikelihood_fn.hyper_init = {"log_noise_precision": math.log(noise_precision)}
+    return _with_check(loglikelihood_fn, apply_fn, _match_targets)
+
+
+def heteroscedastic_gaussian(apply_fn: Callable[[ArrayTree, Array], Array]) -> LogLikelihoodFn:
+    """Regression whose noise the network predicts: f_w(x) = (m, eta) has 2D outputs, the mean m
+    (the first D) and the log-precision eta (the last D), and, summed over the D dimensions,
+
+        log p(y | x, w) = 0.5 eta - 0.5 log(2 pi) - 0.5 exp(eta) (y - m)^2   (= log N(y; m, exp(-eta))).
+
+    Targets have shape ``(M, D)`` (or ``(M,)`` when D = 1). The returned function has
+    ``check_batch(params, batch)`` (see the module docstring).
+    """
+
+    def check_targets(targets, output_shape):
+        output_shape = tuple(output_shape)
+        if not output_shape or output_shape[-1] % 2:
+            raise ValueError(
+                f"heteroscedastic_gaussian needs an even number 2D of network outputs (D means, D log-precisions), "
+                f"got output shape {output_shape}"
+            )
+        return _match_targets(targets, output_shape[:-1] + (output_shape[-1] // 2,))
+
+    def loglikelihood_fn(params, batch):
+        check_batch(params, batch)
+        inputs, targets = _split_batch(batch)
+        outputs = apply_fn(params, inputs)
+        targets = check_targets(targets, outputs.shape)
+        mean, log_precision = jnp.split(outputs, 2, axis=-1)
+        per_dim = 0.5 * (log_precision - _LOG_2PI) - 0.5 * jnp.exp(log_precision) * jnp.square(targets - mean)
+        return _per_example_sum(per_dim)
+
+    return _with_check(loglikelihood_fn, apply_fn, check_targets)
 
 
 def bernoulli(apply_fn: Callable[[ArrayTree, Array], Array]) -> LogLikelihoodFn:

@@ -155,7 +155,7 @@ def kl_to_normal(q: MeanFieldState, prior_scale: Union[float, ArrayTree] = 1.0) 
         against each leaf).
     """
     _checks.mean_field_state(q)
-    _checks.positive(prior_scale, "prior_scale")
+    _checks.prior_scale(prior_scale, q.loc)
     prior_scale = _broadcast_like(prior_scale, q.loc)
 
     def leaf_kl(m, s, p):

@@ -28,15 +28,16 @@ Both functions have the signature ``fn(rng_key, q, batch, **config) -> (value, O
 
 from __future__ import annotations
 
+import functools
 import warnings
-from typing import Callable, NamedTuple, Optional, Union
+from typing import Callable, Mapping, NamedTuple, Optional, Union
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from symvi_jax import _checks
-from symvi_jax import meanfield, orbits
+from symvi_jax import likelihoods, meanfield, orbits
 from symvi_jax.meanfield import MeanFieldState
 from symvi_jax.symmetry import WeightSymmetry, as_symmetry
 from symvi_jax.types import Array, ArrayTree, PRNGKey
@@ -68,8 +69,8 @@ def check_prior_invariant(group: WeightSymmetry, prior_scale) -> None:
     Scalar leaves (one scale per leaf) are invariant; array leaves must give every unit of a
     factor the same scales, otherwise KL(q^G || p) != KL(q || p) - I and L^G is not a bound.
     """
-    if jax.tree_util.treedef_is_leaf(jax.tree.structure(prior_scale)):
-        return
+    if all(jnp.ndim(leaf) == 0 for leaf in jax.tree.leaves(prior_scale)):
+        return  # one scale per leaf (also a learned one, traced): every unit of a leaf shares it
     if not group.is_invariant(prior_scale):
         raise ValueError(
             "prior_scale is not invariant under the group: every unit of a factor must share its prior "
@@ -102,6 +103,25 @@ def _proposal_temperature(proposal_temperature, temperature, stacklevel: int = 3
         stacklevel=stacklevel,
     )
     return temperature
+
+
+def _bind_hyper(loglikelihood_fn, prior_scale, hyper):
+    """The likelihood as ``(params, batch) -> Array[M]`` and the prior scale, with ``hyper`` applied.
+
+    A likelihood with ``hyper_init`` (``likelihoods.gaussian(..., learn_noise=True)``) is called as
+    ``loglikelihood_fn(params, batch, hyper)``; ``hyper["log_prior_scale"]``, when present,
+    replaces ``prior_scale`` by s = exp(log s).
+    """
+    if hyper is not None and hyper != () and not isinstance(hyper, Mapping):
+        raise ValueError(f"hyper must be None or a dict of hyperparameters (VIState.hyper), got {type(hyper).__name__}")
+    hyper = dict(hyper or {})
+    if getattr(loglikelihood_fn, "hyper_init", None) is not None:
+        for name in loglikelihood_fn.hyper_init:
+            likelihoods.hyper_value(hyper, name)  # a clear error when the caller forgot hyper=
+        loglikelihood_fn = functools.partial(loglikelihood_fn, hyper=hyper)
+    if "log_prior_scale" in hyper:
+        prior_scale = jax.tree.map(jnp.exp, hyper["log_prior_scale"])
+    return loglikelihood_fn, prior_scale
 
 
 def _expected_loglikelihood(loglikelihood_fn, samples, batch, data_size) -> Array:
@@ -143,6 +163,7 @@ def elbo(
     kl_estimator: str = "closed_form",
     kl_weight: float = 1.0,
     likelihood_temperature: float = 1.0,
+    hyper: Optional[ArrayTree] = None,
 ) -> tuple[Array, ObjectiveInfo]:
     """The standard ELBO L, or with tempering L_{T,beta} (see the module docstring).
 
@@ -159,10 +180,15 @@ def elbo(
       kl_weight: beta in (0, inf), the weight of the KL term (1: the ELBO).
       likelihood_temperature: T in (0, inf); the likelihood term is divided by T (1: the ELBO;
         T < 1: a cold posterior).
+      hyper: the point-estimated hyperparameters (``VIState.hyper``), or None: the likelihood's
+        (``"log_noise_precision"`` for ``gaussian(..., learn_noise=True)``, which then needs it)
+        and ``"log_prior_scale"`` (s = exp(log s) replaces ``prior_scale``). Differentiate with
+        respect to it for type-II maximum likelihood.
     """
     _checks.positive_int(data_size, "data_size")
     _checks.positive_int(num_samples, "num_samples")
     _check_tempering(kl_weight, likelihood_temperature)
+    loglikelihood_fn, prior_scale = _bind_hyper(loglikelihood_fn, prior_scale, hyper)
     samples = meanfield.sample(rng_key, q, num_samples)
     expected_ll = _expected_loglikelihood(loglikelihood_fn, samples, batch, data_size)
     kl = _kl(q, samples, prior_scale, kl_estimator)
@@ -190,6 +216,7 @@ def symmetrized_elbo(
     likelihood_temperature: float = 1.0,
     proposal_temperature: Optional[float] = None,
     score_correction: bool = False,
+    hyper: Optional[ArrayTree] = None,
 ) -> tuple[Array, ObjectiveInfo]:
     """L^K = L + I^K, the ELBO of the symmetrized posterior q^G (see the module docstring).
 
@@ -206,7 +233,8 @@ def symmetrized_elbo(
       score_correction: ``estimator="importance"`` only: add the score-function term that makes
         the gradient unbiased for any proposal (``orbits.importance_terms``).
       chunk_size: ``lax.map`` chunk size over group elements (None: vmap).
-      kl_estimator: as in :func:`elbo`.
+      kl_estimator, hyper: as in :func:`elbo` (a learned prior scale must be one scalar per leaf,
+        so that it stays invariant).
       Other arguments as in :func:`elbo`.
 
     Raises:
@@ -217,6 +245,7 @@ def symmetrized_elbo(
     _checks.positive_int(num_samples, "num_samples")
     _check_tempering(kl_weight, likelihood_temperature)
     proposal_temperature = _proposal_temperature(proposal_temperature, temperature)
+    loglikelihood_fn, prior_scale = _bind_hyper(loglikelihood_fn, prior_scale, hyper)
     check_prior_invariant(as_symmetry(group), prior_scale)
     estimator = orbits.as_estimator(estimator, num_permutations=num_permutations, temperature=proposal_temperature,
                                     score_correction=score_correction, group=group)

@@ -318,7 +318,7 @@ def _run_steps(algorithm, batch_size, state, rng_key, data, infos, start, stop, 
         index, state, bad_step, infos = carry
         batch = jax.tree.map(lambda x: jnp.take(x, order[index], axis=0), data)
         new_state, info = algorithm.step(step_keys[index], state, batch)
-        finite = jnp.isfinite(info.objective) & _checks.all_finite(new_state.params)
+        finite = jnp.isfinite(info.objective) & _checks.all_finite((new_state.q, new_state.hyper))
         finite = finite | jnp.asarray(getattr(info, "skipped", False))  # a skipped step kept the old state
         state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), new_state, state)
         bad_step = jnp.where(finite, bad_step, epoch * num_batches + index)
@@ -348,7 +348,7 @@ def _check_likelihood_data(loglikelihood_fn, state, data) -> None:
     check = getattr(loglikelihood_fn, "check_batch", None)
     if check is None:
         return
-    params = getattr(getattr(state, "params", None), "loc", None)
+    params = getattr(getattr(state, "q", None), "loc", None)
     if params is None:
         return  # not a mean-field VIState: the abstract evaluation below still checks shapes
     check(params, data)
@@ -357,7 +357,7 @@ def _check_likelihood_data(loglikelihood_fn, state, data) -> None:
 def _check_group_invariance(algorithm: VIAlgorithm, state, data) -> None:
     """f(g.w) == f(w) on the first inputs, at the mean of q, before the first step (``WeightSymmetry.check``)."""
     apply_fn = getattr(algorithm.loglikelihood_fn, "apply_fn", None)
-    params = getattr(getattr(state, "params", None), "loc", None)
+    params = getattr(getattr(state, "q", None), "loc", None)
     if algorithm.group is None or apply_fn is None or params is None or not isinstance(data, (tuple, list)):
         return
     inputs = jax.tree.map(lambda x: x[:8], data[0])

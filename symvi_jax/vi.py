@@ -28,10 +28,12 @@ Example:
 from __future__ import annotations
 
 import functools
+import warnings
 from typing import Any, Callable, NamedTuple, Optional, Protocol, Union
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from symvi_jax import _checks, meanfield, objectives, orbits
@@ -48,16 +50,55 @@ __all__ = [
     "init",
     "step",
     "sample",
+    "hyperparameters",
     "run",
     "fit",
 ]
 
 
-class VIState(NamedTuple):
-    """What the next step needs: the variational parameters and the optimiser state."""
-
-    params: MeanFieldState
+class _VIStateFields(NamedTuple):
+    q: MeanFieldState
     opt_state: optax.OptState
+    hyper: ArrayTree = ()
+
+
+_MISSING = object()
+
+
+class VIState(_VIStateFields):
+    """What the next step needs: q, the optimiser state and the point-estimated hyperparameters.
+
+    Fields:
+      q: the variational parameters (a ``meanfield.MeanFieldState``).
+      opt_state: the optax state, of ``optimizer.init(q)`` when ``hyper`` is empty and of
+        ``optimizer.init((q, hyper))`` otherwise.
+      hyper: hyperparameters in unconstrained space (``{"log_noise_precision": ...,
+        "log_prior_scale": ...}``), trained by the same optimiser on the same objective (type-II
+        maximum likelihood); ``()`` when there is none. They are not part of q: the group never
+        moves them and ``sample`` ignores them. :func:`hyperparameters` gives their constrained values.
+
+    ``state.params`` and ``VIState(params=...)`` are the deprecated spellings of ``q`` (a
+    ``DeprecationWarning``). The class is a NamedTuple (a JAX pytree rebuilt positionally).
+    """
+
+    __slots__ = ()
+
+    def __new__(cls, q=_MISSING, opt_state=_MISSING, hyper=(), *, params=_MISSING):
+        if params is not _MISSING:
+            if q is not _MISSING:
+                raise ValueError("VIState takes q (its deprecated name params is an alias): pass only q")
+            warnings.warn("VIState(params=...) is deprecated: use VIState(q=...)", DeprecationWarning, stacklevel=2)
+            q = params
+        if q is _MISSING or opt_state is _MISSING:
+            raise TypeError("VIState needs q and opt_state")
+        return super().__new__(cls, q, opt_state, hyper)
+
+    @property
+    def params(self) -> MeanFieldState:
+        """Deprecated alias of :attr:`q` (the variational parameters, not network weights)."""
+        warnings.warn("VIState.params is deprecated: use VIState.q (the variational parameters)", DeprecationWarning,
+                      stacklevel=2)
+        return self.q
 
 
 class VIInfo(NamedTuple):
@@ -134,6 +175,7 @@ def build(
     proposal_temperature: Optional[float] = None,
     frozen: Optional[ArrayTree] = None,
     score_correction: bool = False,
+    learn_prior_scale: bool = False,
 ) -> VIAlgorithm:
     """Bind a likelihood, an optimiser and the objective's configuration once.
 
@@ -154,7 +196,13 @@ def build(
         ``proposal_temperature`` and ``score_correction`` as conveniences (``orbits.as_estimator``
         builds the value once).
       num_permutations: K for a named ``"infonce"`` or ``"importance"`` (the identity is one of the K).
-      prior_scale: s of the isotropic N(0, s^2 I) prior.
+      prior_scale: s of the N(0, s^2 I) prior: one number, or a tree shaped like the params
+        whose leaves are numbers or arrays (one scale per leaf or per weight; ``init`` checks the
+        structure). For the symmetrized objective it must be invariant under the group.
+      learn_prior_scale: learn s by empirical Bayes (type-II maximum likelihood):
+        ``state.hyper["log_prior_scale"]`` holds log s with the structure of ``prior_scale``
+        (its initial value). For the symmetrized objective every learned scale must be one
+        number per leaf (an array-valued one would not stay invariant).
       init_scale: initial sigma of every weight. The default 1e-2 starts q close to a
         deterministic network, as is usual for Bayes-by-backprop-style BNNs; the paper leaves it
         unstated.
@@ -193,14 +241,17 @@ def build(
     # Validate the configuration eagerly, before anything is traced.
     _check_config(objective, data_size, num_samples, prior_scale, init_scale, group, chunk_size, proposal_temperature,
                   score_correction)
-    for name, flag in (("skip_nonfinite", skip_nonfinite), ("track_grad_norm", track_grad_norm)):
+    for name, flag in (("skip_nonfinite", skip_nonfinite), ("track_grad_norm", track_grad_norm),
+                       ("learn_prior_scale", learn_prior_scale)):
         if not isinstance(flag, bool):
             raise ValueError(f"{name} must be True or False, got {flag!r}")
+    hyper_init = _hyper_init(loglikelihood_fn, objective, prior_scale, learn_prior_scale)
 
     def init_fn(params: ArrayTree) -> VIState:
         if group is not None and objective == "symmetrized_elbo":
             check_held_out(group, params, frozen)
-        return init(params, optimizer, init_scale=init_scale)
+        _checks.prior_scale(prior_scale, params)
+        return init(params, optimizer, init_scale=init_scale, hyper=hyper_init)
 
     def step_fn(rng_key: PRNGKey, state: VIState, batch: Any) -> tuple[VIState, VIInfo]:
         return step(rng_key, state, batch, objective_fn=objective_fn, optimizer=optimizer,
@@ -252,6 +303,27 @@ def _objective_fn(objective, loglikelihood_fn, *, group, data_size, prior_scale,
     raise ValueError(f"objective must be 'elbo', 'symmetrized_elbo' or a callable, got {objective!r}")
 
 
+def _hyper_init(loglikelihood_fn, objective, prior_scale, learn_prior_scale) -> dict:
+    """The point-estimated hyperparameters' initial values: the likelihood's and log s if learned."""
+    hyper = dict(getattr(loglikelihood_fn, "hyper_init", None) or {})
+    if learn_prior_scale:
+        _checks.positive(prior_scale, "prior_scale")
+        if objective == "symmetrized_elbo":
+            for path, leaf in jax.tree_util.tree_flatten_with_path(prior_scale)[0]:
+                if jnp.ndim(leaf) != 0:
+                    raise ValueError(
+                        f"prior_scale: leaf {jax.tree_util.keystr(path) or '(root)'} is an array of shape "
+                        f"{jnp.shape(leaf)}; learn_prior_scale=True with objective='symmetrized_elbo' takes one "
+                        "number per leaf (a learned array of scales follows q, which the group does not leave "
+                        "invariant, so the prior would stop being invariant)"
+                    )
+        hyper["log_prior_scale"] = jax.tree.map(lambda s: np.log(np.asarray(s, dtype=np.float64)), prior_scale)
+    if hyper and callable(objective):
+        raise ValueError("learned hyperparameters (learn_noise=True, learn_prior_scale=True) need objective='elbo' "
+                         "or 'symmetrized_elbo'; a callable objective is called as (rng_key, q, batch)")
+    return hyper
+
+
 def _check_config(objective, data_size, num_samples, prior_scale, init_scale, group, chunk_size, temperature=None,
                   score_correction=False):
     _checks.positive_int(data_size, "data_size")
@@ -275,10 +347,20 @@ def _check_config(objective, data_size, num_samples, prior_scale, init_scale, gr
         raise ValueError("score_correction applies to objective='symmetrized_elbo' with estimator='importance' only")
 
 
-def init(params: ArrayTree, optimizer: optax.GradientTransformation, *, init_scale: float) -> VIState:
-    """q = N(params, init_scale^2 I) and a fresh optimiser state."""
+def init(params: ArrayTree, optimizer: optax.GradientTransformation, *, init_scale: float,
+         hyper: Optional[ArrayTree] = ()) -> VIState:
+    """q = N(params, init_scale^2 I), the hyperparameters ``hyper`` and a fresh optimiser state.
+
+    The optimiser state is ``optimizer.init(q)`` when ``hyper`` is empty (as without
+    hyperparameters) and ``optimizer.init((q, hyper))`` otherwise. ``hyper``'s leaves are cast to
+    the params' floating dtype.
+    """
     q = meanfield.init(params, init_scale=init_scale)
-    return VIState(params=q, opt_state=optimizer.init(q))
+    if not jax.tree.leaves(hyper):
+        return VIState(q=q, opt_state=optimizer.init(q))
+    dtype = jnp.result_type(*[x for x in jax.tree.leaves(q.loc) if jnp.issubdtype(jnp.result_type(x), jnp.floating)])
+    hyper = jax.tree.map(lambda h: jnp.asarray(h, dtype=dtype), hyper)
+    return VIState(q=q, opt_state=optimizer.init((q, hyper)), hyper=hyper)
 
 
 def step(
@@ -293,18 +375,29 @@ def step(
 ) -> tuple[VIState, VIInfo]:
     """One optax update along the reparameterisation gradient of ``objective_fn``.
 
+    With hyperparameters (``state.hyper`` not empty) the gradient is taken with respect to
+    ``(q, hyper)`` jointly and ``objective_fn`` is called with ``hyper=state.hyper``.
+
     With ``skip_nonfinite`` the update is dropped (the old state is returned, ``info.skipped`` is
     True) when the objective, the gradient norm or any updated parameter is not finite.
     """
 
-    def loss_fn(q):
-        value, info = objective_fn(rng_key, q, batch)
+    learned = bool(jax.tree.leaves(state.hyper))
+
+    def loss_fn(trainable):
+        if learned:
+            q, hyper = trainable
+            value, info = objective_fn(rng_key, q, batch, hyper=hyper)
+        else:
+            value, info = objective_fn(rng_key, trainable, batch)
         return -value, info
 
-    (_, info), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
-    new_state = VIState(params=params, opt_state=opt_state)
+    trainable = (state.q, state.hyper) if learned else state.q
+    (_, info), grads = jax.value_and_grad(loss_fn, has_aux=True)(trainable)
+    updates, opt_state = optimizer.update(grads, state.opt_state, trainable)
+    params = optax.apply_updates(trainable, updates)
+    q, hyper = params if learned else (params, state.hyper)
+    new_state = VIState(q=q, opt_state=opt_state, hyper=hyper)
     if track_grad_norm:
         grad_norm = optax.tree.norm(grads)
     else:
@@ -329,7 +422,23 @@ def step(
 
 def sample(rng_key: PRNGKey, state: VIState, num_samples: int) -> ArrayTree:
     """``num_samples`` weight draws from q (predictions from q and q^G agree; PAPER.md, Section 4)."""
-    return meanfield.sample(rng_key, state.params, num_samples)
+    return meanfield.sample(rng_key, state.q, num_samples)
+
+
+def hyperparameters(state: VIState) -> dict:
+    """The constrained values of ``state.hyper``: each ``"log_<name>"`` entry as ``"<name>": exp(.)``.
+
+    E.g. ``{"noise_precision": tau, "prior_scale": s}`` (s with the structure of ``prior_scale``);
+    ``{}`` when nothing is learned.
+    """
+    if not isinstance(state, VIState):
+        raise ValueError(f"state must be a vi.VIState, got {type(state).__name__}")
+    values = {}
+    for name, value in dict(state.hyper or {}).items():
+        if name.startswith("log_"):
+            name, value = name[len("log_"):], jax.tree.map(jnp.exp, value)
+        values[name] = value
+    return values
 
 
 def run(

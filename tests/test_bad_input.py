@@ -257,8 +257,8 @@ def test_a_vi_state_where_a_mean_field_state_belongs_says_to_pass_state_params()
         lambda: predict.predictive_mean_and_std(jax.random.key(0), state, apply_fn, jnp.zeros((3, 2)), num_samples=2),
     ]
     for call in calls:
-        with pytest.raises(ValueError, match=r"got a vi\.VIState: pass state\.params"):
+        with pytest.raises(ValueError, match=r"got a vi\.VIState: pass state\.q"):
             call()
     with pytest.raises(ValueError, match="q must be a meanfield.MeanFieldState"):
         meanfield.entropy(params)
-    assert np.isfinite(float(meanfield.entropy(state.params)))
+    assert np.isfinite(float(meanfield.entropy(state.q)))

@@ -60,7 +60,7 @@ def test_round_trip_is_exact_for_state_key_and_history(tmp_path, problem):
     restored = checkpoint.restore(tmp_path / "c", problem["state"], history=jax.device_get(history))
     assert_bitwise_equal(restored.state, state)
     assert_bitwise_equal(restored.history, jax.device_get(history))
-    assert type(restored.state) is vi.VIState and type(restored.state.params) is type(state.params)
+    assert type(restored.state) is vi.VIState and type(restored.state.q) is type(state.q)
     assert jax.dtypes.issubdtype(restored.rng_key.dtype, jax.dtypes.prng_key)
     assert np.array_equal(jax.random.key_data(restored.rng_key), jax.random.key_data(key))
     assert restored.step == 24 and restored.metadata == {"note": "x", "lr": 0.01}

@@ -88,7 +88,7 @@ def test_vi_build_and_symmetrized_elbo_take_a_value():
     a = jax.jit(by_value.step)(jax.random.key(2), state, batch)[1]
     b = jax.jit(by_name.step)(jax.random.key(2), state, batch)[1]
     assert float(a.objective) == float(b.objective) and float(a.mutual_information) == float(b.mutual_information)
-    value, info = objectives.symmetrized_elbo(jax.random.key(2), state.params, batch, loglikelihood_fn=loglik,
+    value, info = objectives.symmetrized_elbo(jax.random.key(2), state.q, batch, loglikelihood_fn=loglik,
                                               group=group, data_size=8, estimator=InfoNCE(4))
     assert np.isfinite(float(value)) and 0.0 <= float(info.mutual_information) <= np.log(4) + 1e-5
     with pytest.raises(ValueError, match="is a value"):

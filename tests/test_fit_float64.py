@@ -32,7 +32,7 @@ def test_fit_checkpoint_and_predict_in_float64(tmp_path):
     start = algorithm.init(params)
     assert _all_float64(start)
     # init_scale 1e-3 would be fine in float32 too; in float64 the family resolves it exactly
-    np.testing.assert_allclose(jax.tree.leaves(meanfield.scale(start.params))[0], 1e-3, rtol=1e-12)
+    np.testing.assert_allclose(jax.tree.leaves(meanfield.scale(start.q))[0], 1e-3, rtol=1e-12)
 
     state, history = vi.fit(jax.random.key(3), algorithm, start, (x, y), num_epochs=3, batch_size=8,
                             progress_bar=False, checkpoint_dir=tmp_path, checkpoint_every=4)
@@ -45,7 +45,7 @@ def test_fit_checkpoint_and_predict_in_float64(tmp_path):
         assert np.asarray(a).tobytes() == np.asarray(b).tobytes()
 
     probs = jax.jit(lambda k, q: predict.predictive_probs(k, q, apply_fn, x, num_samples=8))(
-        jax.random.key(4), state.params)
+        jax.random.key(4), state.q)
     assert probs.dtype == jnp.float64
     np.testing.assert_allclose(probs.sum(-1), 1.0, rtol=1e-12)
     assert 0.0 <= float(predict.accuracy(probs, y)) <= 1.0

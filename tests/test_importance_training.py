@@ -33,7 +33,7 @@ def test_importance_step_trains_and_compiles_once():
 def test_importance_objective_has_a_reparameterisation_gradient_through_the_orbit_terms():
     params, group, loglik, batch = _problem()
     algorithm = vi.build(loglik, optax.sgd(0.0), data_size=8, init_scale=0.5)
-    q = algorithm.init(params).params
+    q = algorithm.init(params).q
 
     def mi(q):
         _, info = objectives.symmetrized_elbo(jax.random.key(3), q, batch, loglikelihood_fn=loglik, group=group,
@@ -75,7 +75,7 @@ def test_temperature_is_a_deprecated_alias_of_proposal_temperature():
     with pytest.raises(ValueError, match="pass proposal_temperature only"):
         vi.build(loglik, optax.adam(1e-2), temperature=2.0, proposal_temperature=2.0, **kwargs)
     with pytest.warns(DeprecationWarning, match="use proposal_temperature="):
-        objectives.symmetrized_elbo(jax.random.key(0), state.params, batch, loglikelihood_fn=loglik, group=group,
+        objectives.symmetrized_elbo(jax.random.key(0), state.q, batch, loglikelihood_fn=loglik, group=group,
                                     data_size=8, num_permutations=5, estimator="importance", temperature=2.0)
 
 
@@ -89,5 +89,5 @@ def test_score_correction_threads_through_vi_build_and_is_checked():
         vi.build(loglik, optax.adam(1e-2), data_size=8, objective="symmetrized_elbo", group=group,
                  num_permutations=5, score_correction=True)
     with pytest.raises(ValueError, match="score_correction applies"):
-        orbits.mutual_information(jax.random.key(0), state.params, group, num_samples=2, num_permutations=5,
+        orbits.mutual_information(jax.random.key(0), state.q, group, num_samples=2, num_permutations=5,
                                   score_correction=True)

@@ -33,7 +33,7 @@ SCRIPT = textwrap.dedent(
     for k in keys:
         pstate, pinfo = step(k, pstate, pbatch)
 
-    for a, b in zip(jax.tree.leaves(state.params), jax.tree.leaves(pstate.params)):
+    for a, b in zip(jax.tree.leaves(state.q), jax.tree.leaves(pstate.q)):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(info.objective, pinfo.objective, rtol=1e-5)
     try:

@@ -93,7 +93,7 @@ def _assert_all_finite(states, finite):
     assert bad.size == 0, f"non-finite loss at (step, init scale): {[(s, INIT_SCALES[i]) for s, i in bad[:5]]}"
     for leaf in jax.tree.leaves(states):
         assert np.all(np.isfinite(leaf))
-    sigma = jax.tree.leaves(jax.vmap(meanfield.scale)(states.params))
+    sigma = jax.tree.leaves(jax.vmap(meanfield.scale)(states.q))
     assert all(np.all(s >= np.float32(meanfield.SCALE_FLOOR)) for s in sigma)
 
 

@@ -29,7 +29,7 @@ def test_jitted_step_compiles_once_and_has_finite_gradients(next_key, objective)
     assert isinstance(state, vi.VIState) and isinstance(info, vi.VIInfo)
     assert np.isfinite(info.grad_norm) and info.grad_norm > 0
     assert np.isfinite(info.objective)
-    assert all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree.leaves(state.params))
+    assert all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree.leaves(state.q))
     draws = algorithm.sample(next_key(), state, 5)
     assert draws["Dense_0"]["kernel"].shape == (5, 3, 4)
 
@@ -70,7 +70,7 @@ def test_fit_reports_the_first_non_finite_step(next_key):
     with pytest.raises(vi.NonFiniteError, match="step 5") as err:
         vi.fit(next_key(), algorithm, algorithm.init(params), data, num_epochs=5, batch_size=2, progress_bar=False)
     assert err.value.step == 5
-    last = err.value.state.params.loc["Dense_0"]["kernel"][0, 0]
+    last = err.value.state.q.loc["Dense_0"]["kernel"][0, 0]
     assert np.isfinite(last) and abs(float(last) - 0.5) < 1e-3  # the state before the bad update
 
 
@@ -94,7 +94,7 @@ def test_mean_field_recovers_an_exact_gaussian_posterior(next_key):
                          init_scale=0.5)
     state, _ = vi.fit(next_key(), algorithm, algorithm.init(params), (x, y), num_epochs=1500, batch_size=20,
                       progress_bar=False)
-    q = state.params
+    q = state.q
     got_mean = jnp.concatenate([q.loc["Dense_0"]["kernel"][:, 0], q.loc["Dense_0"]["bias"]])
     scale = meanfield.scale(q)
     got_std = jnp.concatenate([scale["Dense_0"]["kernel"][:, 0], scale["Dense_0"]["bias"]])
@@ -203,7 +203,7 @@ def test_run_follows_fits_key_schedule():
     fitted, history = vi.fit(key, algorithm, state, data, num_epochs=2, batch_size=8, progress_bar=False)
     assert infos.objective.shape == history.objective.shape == (2, 3)
     np.testing.assert_allclose(infos.objective, history.objective, rtol=1e-5)
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), ran.params, fitted.params)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), ran.q, fitted.q)
 
 
 def test_run_vmaps_over_seeds():

@@ -153,7 +153,7 @@ def run(config: Config) -> Result:
         states, infos = jax.block_until_ready(trainer(seed_keys))
         timings[method] = time.perf_counter() - began
         for seed in range(config.num_seeds):
-            q = jax.tree.map(lambda x: x[seed], states.params)
+            q = jax.tree.map(lambda x: x[seed], states.q)
             key_eval, key_mi = jax.random.split(jax.random.fold_in(seed_keys[seed], 7))
             layers = diagnostics.layer_mutual_information(key_mi, q, group, num_samples=config.num_mi_samples)
             collapsed = diagnostics.collapsed_units(q, group, config.prior_scale, threshold=config.collapse_kl)

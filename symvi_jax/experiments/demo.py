@@ -101,7 +101,7 @@ def _train_and_evaluate(config: Config, method: str):
             return state, info.objective
 
         state, trace = jax.lax.scan(body, state, jax.random.split(key_steps, config.num_steps))
-        q = state.params
+        q = state.q
         mean = predict.predictive_mean(key_pred, q, apply_fn, x_test, num_samples=1000, chunk_size=100)
         value, info = objectives.symmetrized_elbo(
             key_eval, q, train, loglikelihood_fn=loglik, group=group, data_size=config.num_train,

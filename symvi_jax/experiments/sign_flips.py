@@ -93,7 +93,7 @@ def run(config: Config) -> Result:
         state = algorithm.init(params)
         trained, _ = jax.jit(lambda k, s: vi.run(k, algorithm, s, (x, y), num_epochs=config.num_epochs,
                                                  batch_size=config.num_train))(key_train, state)
-        for stage, q in (("init", state.params), ("trained", trained.params)):
+        for stage, q in (("init", state.q), ("trained", trained.q)):
             key_stage = jax.random.fold_in(key_mi, width)
             i_perm, se_perm = _mi(key_stage, q, plain, config.num_mi_samples)
             i_signed, se_signed = _mi(key_stage, q, signed, config.num_mi_samples)

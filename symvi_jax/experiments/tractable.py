@@ -259,7 +259,7 @@ def _train(config: Config) -> dict:
             return jax.lax.scan(body, state, (order, jax.random.split(key_steps, steps_per_epoch)))
 
         state, trace = jax.lax.scan(epoch, algorithm.init(loc), jax.random.split(key_epochs, config.num_epochs))
-        return state.params, trace[-1, -1]
+        return state.q, trace[-1, -1]
 
     def evaluate(q, train, test, key_pred, key_eval, key_perm, alpha):
         x_test, y_test = test

@@ -145,7 +145,7 @@ def run(config: Config, *, checkpoint_dir: Optional[str] = None, resume: bool = 
         return dict(accuracy=predict.accuracy(probs, labels), nll=predict.nll(probs, labels),
                     ece=predict.ece(probs, labels))
 
-    metrics = jax.device_get(evaluate(key_eval, state.params, *test))
+    metrics = jax.device_get(evaluate(key_eval, state.q, *test))
     row = {
         "objective": config.objective,
         "final_objective_per_example": float(np.mean(history.objective[-1])) / config.num_train,
