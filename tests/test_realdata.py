@@ -94,21 +94,31 @@ def _problem(task, num_inputs, **overrides):
     return config, realdata.problem(jax.random.key(0), task, num_inputs, config)
 
 
-@pytest.mark.parametrize("task, labels", [("regression", np.array([0.3, -1.2, 0.5, 2.0], np.float32)),
-                                          ("binary", np.array([0, 1, 1, 0], np.int32)),
-                                          ("categorical", np.array([0, 9, 3, 3], np.int32))])
-def test_the_numpyro_model_has_the_same_prior_and_likelihood(task, labels):
+REGRESSION_TARGETS = np.array([0.3, -1.2, 0.5, 2.0], np.float32)
+
+
+@pytest.mark.parametrize("task, labels, learn_noise", [("regression", REGRESSION_TARGETS, False),
+                                                       ("regression", REGRESSION_TARGETS, True),
+                                                       ("binary", np.array([0, 1, 1, 0], np.int32), False),
+                                                       ("categorical", np.array([0, 9, 3, 3], np.int32), False)])
+def test_the_numpyro_model_has_the_same_prior_and_likelihood(task, labels, learn_noise):
     from numpyro.infer.util import log_density
 
-    config, prob = _problem(task, 5, noise_std=0.7, prior_scale=0.8)
+    config, prob = _problem(task, 5, noise_std=0.7, prior_scale=0.8, learn_noise=learn_noise)
     x = jax.random.normal(jax.random.key(1), (4, 5))
     params = jax.tree.map(lambda p: p + 0.3, prob.params)
-    model = realdata.numpyro_model(prob, prior_scale=config.prior_scale, noise_std=config.noise_std)
+    model = realdata.numpyro_model(prob, prior_scale=config.prior_scale, noise_std=config.noise_std,
+                                   learn_noise=learn_noise)
+    tau = 3.0  # a learned precision away from its initial 1 / 0.7^2
+    numpyro_extra, our_hyper = ({"noise_precision": tau}, ({"log_noise_precision": math.log(tau)},)) if learn_noise \
+        else ({}, ())
+
     @jax.jit
     def both(params):
-        numpyro_value, _ = log_density(model, (x, labels), {}, traverse_util.flatten_dict(params, sep="/"))
+        numpyro_value, _ = log_density(model, (x, labels), {},
+                                       {**traverse_util.flatten_dict(params, sep="/"), **numpyro_extra})
         prior = sum(jnp.sum(jax.scipy.stats.norm.logpdf(p, 0.0, config.prior_scale)) for p in jax.tree.leaves(params))
-        return numpyro_value, jnp.sum(prob.loglikelihood_fn(params, (x, labels))) + prior
+        return numpyro_value, jnp.sum(prob.loglikelihood_fn(params, (x, labels), *our_hyper)) + prior
 
     numpyro_value, ours = both(params)
     np.testing.assert_allclose(numpyro_value, ours, rtol=1e-5)
@@ -121,7 +131,8 @@ def test_one_tiny_split_gives_finite_metrics_with_the_same_keys_and_numpyro_q_is
     assert len(result.rows) == 2
     metric_keys = [k for k, _, _ in realdata.METRICS["regression"]]
     for row in result.rows:
-        assert all(math.isfinite(row[k]) for k in metric_keys + ["train_seconds", "final_loss"])
+        assert all(math.isfinite(row[k]) for k in metric_keys + ["train_seconds", "final_loss", "noise_std"])
+        assert row["noise_std"] != pytest.approx(0.7 * row["y_std"], rel=1e-6)  # the noise was learned
         assert 0 <= row["coverage_50"] <= row["coverage_90"] <= row["coverage_95"] <= 1
     keys = {row["method"]: set(row) & set(metric_keys) for row in result.rows}
     assert keys["numpyro"] == keys["mfvi"] == set(metric_keys)
@@ -160,7 +171,7 @@ def test_classification_metrics_are_finite_and_in_range(task, labels):
     x = jax.random.normal(jax.random.key(1), (5, 4))
     split = realdata.Split(x, labels, x, labels, 0.0, 1.0)
     q = meanfield.init(prob.params, init_scale=0.1)
-    probs = jax.jit(lambda k, q, x: realdata.predictive(k, q, prob, x, noise_std=0.0, num_samples=20, chunk_size=10))(
+    probs = jax.jit(lambda k, q, x: realdata.predictive(k, q, prob, x, num_samples=20, chunk_size=10))(
         jax.random.key(2), q, x)
     assert probs.shape == (5, 2 if task == "binary" else 10)
     np.testing.assert_allclose(probs.sum(axis=-1), 1.0, rtol=1e-5)

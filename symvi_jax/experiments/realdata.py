@@ -28,7 +28,12 @@ intervals (regression); NLL, ECE (15 bins) and accuracy (classification). Wall t
 the compiled training program, median over splits; the compile time of the training program
 plus, for NumPyro, the eager ``svi.init`` of every split (slow on the first) is reported apart.
 
-Regression noise: a fixed noise std ``noise_std`` (in standardised target units) in every method.
+Regression noise: with ``learn_noise`` (the default) the noise precision tau is a point estimate
+trained with q by the same optimiser on the same objective (type-II maximum likelihood), starting
+at 1 / ``noise_std``^2 in every method: ``likelihoods.gaussian(..., learn_noise=True)`` (tau =
+exp(hyper["log_noise_precision"])) in symvi-jax, ``numpyro.param("noise_precision",
+constraint=positive)`` (also tau = exp(an unconstrained leaf)) in NumPyro. With
+``learn_noise=False`` every method uses the fixed noise std ``noise_std`` (standardised target units).
 """
 
 from __future__ import annotations
@@ -78,7 +83,8 @@ class Config:
     test_fraction: float = 0.1
     hidden: tuple[int, ...] = (50,)
     prior_scale: float = 1.0
-    noise_std: float = 0.5          # regression noise std, in standardised target units
+    noise_std: float = 0.7          # regression noise std (learn_noise: its initial value), standardised units
+    learn_noise: bool = True        # regression: learn the noise precision alongside q (every method)
     init_scale: float = 0.01        # initial std of every weight in q (all methods)
     learning_rate: float = 0.01
     num_steps: int = 2000           # full-batch Adam steps
@@ -207,7 +213,8 @@ def problem(rng_key: PRNGKey, task: str, num_inputs: int, config: Config) -> Pro
         return model.apply({"params": p}, x)
 
     if task == "regression":
-        loglik = likelihoods.gaussian(apply_fn, noise_precision=1.0 / config.noise_std**2)
+        loglik = likelihoods.gaussian(apply_fn, noise_precision=1.0 / config.noise_std**2,
+                                      learn_noise=config.learn_noise)
     elif task == "binary":
         loglik = likelihoods.bernoulli(apply_fn)
     else:
@@ -227,21 +234,24 @@ def _algorithm(prob: Problem, method: str, config: Config, num_train: int) -> vi
 
 
 def train_symvi(rng_key: PRNGKey, algorithm: vi.VIAlgorithm, params: ArrayTree, batch, *, num_steps: int):
-    """``num_steps`` full-batch steps of ``algorithm`` from q = N(params, init_scale^2): (q, info trace)."""
+    """``num_steps`` full-batch steps of ``algorithm`` from q = N(params, init_scale^2):
+    (q, the learned hyperparameters ``vi.hyperparameters(state)``, the info trace)."""
     state = algorithm.init(params)
 
     def body(state, key):
         return algorithm.step(key, state, batch)
 
     state, info = jax.lax.scan(body, state, jax.random.split(rng_key, num_steps))
-    return state.params, info
+    return state.q, vi.hyperparameters(state), info
 
 
-def numpyro_model(prob: Problem, *, prior_scale: float, noise_std: float):
+def numpyro_model(prob: Problem, *, prior_scale: float, noise_std: float, learn_noise: bool = False):
     """The same network, prior and likelihood as a NumPyro model ``model(x, y=None)``.
 
     Each leaf of the params tree is a sample site named by its path (``Dense_0/kernel``) with an
-    N(0, prior_scale^2) prior; the network is ``prob.apply_fn`` on the sampled tree.
+    N(0, prior_scale^2) prior; the network is ``prob.apply_fn`` on the sampled tree. Regression
+    noise: std ``noise_std``, or with ``learn_noise`` the precision ``numpyro.param("noise_precision",
+    1 / noise_std^2, constraint=positive)``.
     """
     numpyro = _optional.require("numpyro", extra="compare", feature="the NumPyro comparison")
     dist = numpyro.distributions
@@ -253,7 +263,12 @@ def numpyro_model(prob: Problem, *, prior_scale: float, noise_std: float):
         outputs = prob.apply_fn(traverse_util.unflatten_dict(sampled, sep="/"), x)
         with numpyro.plate("data", x.shape[0]):
             if prob.task == "regression":
-                numpyro.sample("y", dist.Normal(outputs[:, 0], noise_std), obs=y)
+                scale = noise_std
+                if learn_noise:
+                    precision = numpyro.param("noise_precision", 1.0 / noise_std**2,
+                                              constraint=dist.constraints.positive)
+                    scale = jax.lax.rsqrt(precision)
+                numpyro.sample("y", dist.Normal(outputs[:, 0], scale), obs=y)
             elif prob.task == "binary":
                 numpyro.sample("y", dist.Bernoulli(logits=outputs[:, 0]), obs=y)
             else:
@@ -266,7 +281,8 @@ def _numpyro_svi(prob: Problem, config: Config):
     numpyro = _optional.require("numpyro", extra="compare", feature="the NumPyro comparison")
     from numpyro.infer import SVI, TraceMeanField_ELBO, autoguide, init_to_value
 
-    model = numpyro_model(prob, prior_scale=config.prior_scale, noise_std=config.noise_std)
+    model = numpyro_model(prob, prior_scale=config.prior_scale, noise_std=config.noise_std,
+                          learn_noise=config.learn_noise and prob.task == "regression")
     init_values = traverse_util.flatten_dict(prob.params, sep="/")
     guide = autoguide.AutoNormal(model, init_loc_fn=init_to_value(values=init_values), init_scale=config.init_scale)
     del numpyro
@@ -299,13 +315,14 @@ def train_numpyro(rng_key: PRNGKey, svi, svi_state, batch, *, num_steps: int):
 # ---- evaluation: the same predict calls for every method ----------------------------------------------
 
 
-def predictive(rng_key: PRNGKey, q: meanfield.MeanFieldState, prob: Problem, inputs: Array, *, noise_std: float,
-               num_samples: int, chunk_size: int):
-    """The predictive of q on ``inputs``: ``(mean, std)`` of y (regression, standardised units) or
-    class probabilities ``[M, C]`` (classification; two columns for binary). Jit-able."""
+def predictive(rng_key: PRNGKey, q: meanfield.MeanFieldState, prob: Problem, inputs: Array, *, num_samples: int,
+               chunk_size: int):
+    """The predictive of q on ``inputs``: ``(mean, epistemic std)`` of f (regression, standardised
+    units; :func:`metrics` adds the noise) or class probabilities ``[M, C]`` (classification; two
+    columns for binary). Jit-able."""
     if prob.task == "regression":
         return predict.predictive_mean_and_std(rng_key, q, prob.apply_fn, inputs, num_samples=num_samples,
-                                               noise_std=noise_std, chunk_size=chunk_size)
+                                               noise_std=0.0, chunk_size=chunk_size)
     if prob.task == "binary":
         p = predict.predictive_mean(rng_key, q, lambda w, x: jax.nn.sigmoid(prob.apply_fn(w, x)), inputs,
                                     num_samples=num_samples, chunk_size=chunk_size)
@@ -313,12 +330,16 @@ def predictive(rng_key: PRNGKey, q: meanfield.MeanFieldState, prob: Problem, inp
     return predict.predictive_probs(rng_key, q, prob.apply_fn, inputs, num_samples=num_samples, chunk_size=chunk_size)
 
 
-def metrics(task: str, predictive_values, split: Split) -> dict:
+def metrics(task: str, predictive_values, split: Split, *, noise_std: float = 0.0) -> dict:
     """Test metrics of a predictive from :func:`predictive` (see the module docstring); regression
-    metrics in the target's original units. Eager (``predict.central_interval`` is not jit-able)."""
+    metrics in the target's original units, for the predictive N(m, v + noise_std^2) with v the
+    epistemic variance (``predict.predictive_mean_and_std``'s law of total variance; its
+    ``noise_std`` is a Python float, so a learned one is added here). Eager
+    (``predict.central_interval`` is not jit-able)."""
     y = jnp.asarray(split.y_test)
     if task == "regression":
-        mean, std = predictive_values
+        mean, epistemic_std = predictive_values
+        std = jnp.sqrt(jnp.square(epistemic_std) + noise_std**2)
         mean, std = mean[:, 0] * split.y_std + split.y_mean, std[:, 0] * split.y_std
         y = y * split.y_std + split.y_mean
         out = dict(rmse=jnp.sqrt(predict.mse(mean, y)), nll=predict.gaussian_nll(mean, std, y))
@@ -348,7 +369,6 @@ def run_dataset(name: str, config: Config) -> list[dict]:
     prob = problem(key_init, task, inputs.shape[1], config)
     num_test = int(round(config.test_fraction * len(inputs)))
     num_train = len(inputs) - num_test
-    noise_std = config.noise_std if task == "regression" else 0.0
     rows = []
     compiled = {}
     for i in range(config.num_splits):
@@ -359,8 +379,7 @@ def run_dataset(name: str, config: Config) -> list[dict]:
         # the same training and evaluation keys for every method on a split
         key_fit, key_pred = jax.random.fold_in(key_train, i), jax.random.fold_in(key_eval, i)
         eval_fn = compiled.setdefault("eval", jax.jit(lambda k, q, x: predictive(
-            k, q, prob, x, noise_std=noise_std, num_samples=config.num_eval_samples,
-            chunk_size=config.eval_chunk_size)))
+            k, q, prob, x, num_samples=config.num_eval_samples, chunk_size=config.eval_chunk_size)))
         for method in config.methods:
             row = dict(dataset=name, task=task, method=method, split=i, num_train=num_train, num_test=num_test)
             if method == "numpyro":
@@ -376,7 +395,9 @@ def run_dataset(name: str, config: Config) -> list[dict]:
                     row["compile_seconds"] = time.perf_counter() - start
                     compiled[method] = fit
                 (svi_state, losses), seconds = _timed(fit, key_fit, svi_state, batch)
-                q = numpyro_to_meanfield(prob, svi.get_params(svi_state))
+                numpyro_params = svi.get_params(svi_state)
+                q = numpyro_to_meanfield(prob, numpyro_params)
+                hyper = {k: v for k, v in numpyro_params.items() if k == "noise_precision"}
                 row["final_loss"] = float(np.mean(np.asarray(losses[-100:])))
             else:
                 algorithm = _algorithm(prob, method, config, num_train)
@@ -387,13 +408,18 @@ def run_dataset(name: str, config: Config) -> list[dict]:
                                   ).lower(key_fit, prob.params, batch).compile()
                     row["compile_seconds"] = time.perf_counter() - start
                     compiled[method] = fit
-                (q, info), seconds = _timed(fit, key_fit, prob.params, batch)
+                (q, hyper, info), seconds = _timed(fit, key_fit, prob.params, batch)
                 row["final_loss"] = float(-np.mean(np.asarray(info.objective[-100:])))
                 if method != "mfvi":  # the estimate of I(g; w) (nats) over the last 100 steps
                     row["mutual_information"] = float(np.mean(np.asarray(info.mutual_information[-100:])))
                     row["log_group_order"] = float(info.log_group_order[-1])
+            noise_std = 0.0
+            if task == "regression":
+                noise_std = float(jax.lax.rsqrt(hyper["noise_precision"])) if config.learn_noise else config.noise_std
+                row["noise_std"] = noise_std * split.y_std  # original units
+                row["y_std"] = split.y_std
             values, eval_seconds = _timed(eval_fn, key_pred, q, jnp.asarray(split.x_test))
-            row.update(metrics(task, values, split))
+            row.update(metrics(task, values, split, noise_std=noise_std))
             row["train_seconds"] = seconds
             row["eval_seconds"] = eval_seconds
             rows.append(row)
@@ -413,7 +439,7 @@ LABELS = {"mfvi": "MFVI (symvi-jax)", "symvi": "symmetrized, InfoNCE (symvi-jax)
 def table(rows: list[dict], name: str, methods) -> list[str]:
     """The markdown table of one data set: mean +- s.e. over splits for each metric and method."""
     task = DATASETS[name][0]
-    metrics = METRICS[task] + [("train_seconds", "train s / split (median)", ""), ("compile_seconds", "compile + setup s", "")]
+    metrics = METRICS[task] + ([("noise_std", "noise std", "")] if task == "regression" else []) + [("train_seconds", "train s / split (median)", ""), ("compile_seconds", "compile + setup s", "")]
     lines = ["| method | " + " | ".join(label for _, label, _ in metrics) + " |",
              "| --- |" + " --- |" * len(metrics)]
     for method in methods:
@@ -445,8 +471,10 @@ def run(config: Config) -> Result:
         f"MLP{tuple(config.hidden) + ('out',)} with tanh, prior N(0, {config.prior_scale}^2), "
         f"{config.num_steps} full-batch Adam steps (lr {config.learning_rate}), S = {config.num_samples}, "
         f"initial std {config.init_scale}, K = {config.num_permutations}, {config.num_eval_samples} predictive "
-        f"draws. Regression: fixed noise std {config.noise_std} (standardised units); RMSE and NLL in the "
-        "target's original units.",
+        f"draws. Regression: "
+        + (f"noise precision learned with q in every method from std {config.noise_std}"
+           if config.learn_noise else f"fixed noise std {config.noise_std}")
+        + " (standardised units); RMSE, NLL and the noise std in the target's original units.",
     ]
     for name in config.datasets:
         task = DATASETS[name][0]
