@@ -132,6 +132,7 @@ def test_one_tiny_split_gives_finite_metrics_with_the_same_keys_and_numpyro_q_is
     metric_keys = [k for k, _, _ in realdata.METRICS["regression"]]
     for row in result.rows:
         assert all(math.isfinite(row[k]) for k in metric_keys + ["train_seconds", "final_loss", "noise_std"])
+        assert 0 <= row["collapsed_units"] <= 3
         assert row["noise_std"] != pytest.approx(0.7 * row["y_std"], rel=1e-6)  # the noise was learned
         assert 0 <= row["coverage_50"] <= row["coverage_90"] <= row["coverage_95"] <= 1
     keys = {row["method"]: set(row) & set(metric_keys) for row in result.rows}

@@ -49,14 +49,15 @@ import numpy as np
 import optax
 from flax import traverse_util
 
-from symvi_jax import _optional, likelihoods, meanfield, predict, vi
+from symvi_jax import _optional, diagnostics, likelihoods, meanfield, predict, vi
+from symvi_jax.experiments import stats
 from symvi_jax.experiments.base import Result
 from symvi_jax.nets import MLP
 from symvi_jax.symmetry import PermutationGroup
 from symvi_jax.types import Array, ArrayTree, PRNGKey
 
 __all__ = ["Config", "DATASETS", "METHODS", "Split", "load", "split_indices", "standardize", "prepare", "run",
-           "train_symvi", "train_numpyro", "numpyro_model", "numpyro_to_meanfield", "predictive", "metrics", "METRICS"]
+           "train_symvi", "train_numpyro", "numpyro_model", "numpyro_to_meanfield", "predictive", "metrics", "METRICS", "markdown"]
 
 #: name -> (task, loader name in ``sklearn.datasets``)
 DATASETS = {
@@ -367,6 +368,7 @@ def run_dataset(name: str, config: Config) -> list[dict]:
     key = jax.random.fold_in(jax.random.key(config.seed), list(DATASETS).index(name))
     key_splits, key_init, key_train, key_eval = jax.random.split(key, 4)
     prob = problem(key_init, task, inputs.shape[1], config)
+    group = PermutationGroup.from_params(prob.params)
     num_test = int(round(config.test_fraction * len(inputs)))
     num_train = len(inputs) - num_test
     rows = []
@@ -418,6 +420,7 @@ def run_dataset(name: str, config: Config) -> list[dict]:
                 noise_std = float(jax.lax.rsqrt(hyper["noise_precision"])) if config.learn_noise else config.noise_std
                 row["noise_std"] = noise_std * split.y_std  # original units
                 row["y_std"] = split.y_std
+            row["collapsed_units"] = sum(diagnostics.collapsed_units(q, group, config.prior_scale))
             values, eval_seconds = _timed(eval_fn, key_pred, q, jnp.asarray(split.x_test))
             row.update(metrics(task, values, split, noise_std=noise_std))
             row["train_seconds"] = seconds
@@ -439,7 +442,8 @@ LABELS = {"mfvi": "MFVI (symvi-jax)", "symvi": "symmetrized, InfoNCE (symvi-jax)
 def table(rows: list[dict], name: str, methods) -> list[str]:
     """The markdown table of one data set: mean +- s.e. over splits for each metric and method."""
     task = DATASETS[name][0]
-    metrics = METRICS[task] + ([("noise_std", "noise std", "")] if task == "regression" else []) + [("train_seconds", "train s / split (median)", ""), ("compile_seconds", "compile + setup s", "")]
+    metrics = METRICS[task] + ([("noise_std", "noise std", "")] if task == "regression" else []) + [
+        ("collapsed_units", "collapsed units", ""), ("train_seconds", "train s / split (median)", ""), ("compile_seconds", "compile + setup s", "")]
     lines = ["| method | " + " | ".join(label for _, label, _ in metrics) + " |",
              "| --- |" + " --- |" * len(metrics)]
     for method in methods:
@@ -459,10 +463,29 @@ def table(rows: list[dict], name: str, methods) -> list[str]:
     return lines
 
 
-def run(config: Config) -> Result:
-    rows = []
-    for name in config.datasets:
-        rows.extend(run_dataset(name, config))
+def paired_table(rows: list[dict], name: str, methods) -> list[str]:
+    """Each method minus MFVI, paired by split: mean difference with its 95% t-interval."""
+    task = DATASETS[name][0]
+    keys = [m for m in METRICS[task] if m[0] in ("rmse", "nll", "coverage_90", "ece", "accuracy")]
+    if "mfvi" not in methods:
+        return []
+    base = sorted((r for r in rows if r["dataset"] == name and r["method"] == "mfvi"), key=lambda r: r["split"])
+    lines = ["| method - MFVI (paired by split) | " + " | ".join(label for _, label, _ in keys) + " |",
+             "| --- |" + " --- |" * len(keys)]
+    for method in methods:
+        mine = sorted((r for r in rows if r["dataset"] == name and r["method"] == method), key=lambda r: r["split"])
+        if method == "mfvi" or not mine:
+            continue
+        cells = []
+        for key, _, _ in keys:
+            mean, low, high = stats.paired_ci([r[key] for r in base], [r[key] for r in mine])
+            cells.append(f"{mean:+.3g} [{low:+.3g}, {high:+.3g}]")
+        lines.append(f"| {LABELS[method]} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def markdown(config: Config, rows: list[dict]) -> str:
+    """The results page of :func:`run` from its rows."""
     lines = [
         "# Real data (scikit-learn, offline): MFVI and symmetrized VI against NumPyro SVI (AutoNormal)",
         "",
@@ -474,16 +497,28 @@ def run(config: Config) -> Result:
         f"draws. Regression: "
         + (f"noise precision learned with q in every method from std {config.noise_std}"
            if config.learn_noise else f"fixed noise std {config.noise_std}")
-        + " (standardised units); RMSE, NLL and the noise std in the target's original units.",
+        + " (standardised units); RMSE, NLL and the noise std in the target's original units. Collapsed units: "
+        "hidden units whose KL(q_unit || prior) < 1 nat (``diagnostics.collapsed_units``).",
     ]
     for name in config.datasets:
         task = DATASETS[name][0]
         lines += ["", f"## {name} ({task})", ""] + table(rows, name, config.methods)
-        for method, ceiling in (("symvi", f"log K = {math.log(config.num_permutations):.3f}"),
-                                ("symvi_importance", "log\\|G\\|")):
-            mi = [r["mutual_information"] for r in rows if r["dataset"] == name and r["method"] == method]
-            if mi:
-                log_order = next(r["log_group_order"] for r in rows if r["dataset"] == name and r["method"] == method)
-                lines += ["", f"{LABELS[method]}: estimate of I(g; w) over the last 100 steps {min(mi):.3f} .. "
-                              f"{max(mi):.3f} nats across splits ({ceiling}, log\\|G\\| = {log_order:.2f})."]
-    return Result(rows=rows, markdown="\n".join(lines))
+        paired = paired_table(rows, name, config.methods)
+        if paired:
+            lines += [""] + paired
+        for method, ceiling in (("symvi", "log K"), ("symvi_importance", "log\\|G\\|")):
+            mine = [r for r in rows if r["dataset"] == name and r["method"] == method]
+            if mine:
+                mi = [r["mutual_information"] for r in mine]
+                lines += ["", f"{LABELS[method]}: the estimate of I(g; w) over the last 100 steps is {min(mi):.3f} .. "
+                              f"{max(mi):.3f} nats across splits; its ceiling {ceiling} is "
+                              + (f"{math.log(config.num_permutations):.3f}" if method == "symvi"
+                                 else f"{mine[0]['log_group_order']:.2f}") + "."]
+    return "\n".join(lines)
+
+
+def run(config: Config) -> Result:
+    rows = []
+    for name in config.datasets:
+        rows.extend(run_dataset(name, config))
+    return Result(rows=rows, markdown=markdown(config, rows))
