@@ -41,7 +41,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
-from typing import Any, NamedTuple, Optional
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -56,8 +56,9 @@ from symvi_jax.nets import MLP
 from symvi_jax.symmetry import PermutationGroup
 from symvi_jax.types import Array, ArrayTree, PRNGKey
 
-__all__ = ["Config", "DATASETS", "METHODS", "Split", "load", "split_indices", "standardize", "prepare", "run",
-           "train_symvi", "train_numpyro", "numpyro_model", "numpyro_to_meanfield", "predictive", "metrics", "METRICS", "markdown"]
+__all__ = ["Config", "DATASETS", "METHODS", "METRICS", "Split", "load", "split_indices", "standardize", "prepare",
+           "problem", "train_symvi", "numpyro_model", "numpyro_to_meanfield", "train_numpyro", "predictive", "metrics",
+           "markdown", "run"]
 
 #: name -> (task, loader name in ``sklearn.datasets``)
 DATASETS = {
@@ -97,7 +98,8 @@ class Config:
 
     def validate(self):
         check_datasets(self.datasets, "datasets")
-        if not self.methods or any(m not in METHODS for m in self.methods) or len(set(self.methods)) != len(self.methods):
+        methods = self.methods
+        if not methods or any(m not in METHODS for m in methods) or len(set(methods)) != len(methods):
             raise ValueError(f"config key 'methods' must be distinct names among {METHODS}, got {self.methods!r}")
         check_test_fraction(self.test_fraction, "test_fraction")
         for key in ("prior_scale", "noise_std", "init_scale", "learning_rate"):
@@ -303,8 +305,9 @@ def numpyro_to_meanfield(prob: Problem, numpyro_params: dict) -> meanfield.MeanF
     )
 
 
-def train_numpyro(rng_key: PRNGKey, svi, svi_state, batch, *, num_steps: int):
-    """``num_steps`` ``svi.update`` steps under ``lax.scan``: (final svi state, losses)."""
+def train_numpyro(svi, svi_state, batch, *, num_steps: int):
+    """``num_steps`` ``svi.update`` steps under ``lax.scan``: (final svi state, losses). The random
+    stream is the one ``svi.init(rng_key, ...)`` put in ``svi_state``."""
     x, y = batch
 
     def body(state, _):
@@ -392,11 +395,11 @@ def run_dataset(name: str, config: Config) -> list[dict]:
                 fit = compiled.get(method)
                 if fit is None:
                     start = time.perf_counter()
-                    fit = jax.jit(lambda k, s, b: train_numpyro(k, svi, s, b, num_steps=config.num_steps)).lower(
-                        key_fit, svi_state, batch).compile()
+                    fit = jax.jit(lambda s, b: train_numpyro(svi, s, b, num_steps=config.num_steps)).lower(
+                        svi_state, batch).compile()
                     row["compile_seconds"] = time.perf_counter() - start
                     compiled[method] = fit
-                (svi_state, losses), seconds = _timed(fit, key_fit, svi_state, batch)
+                (svi_state, losses), seconds = _timed(fit, svi_state, batch)
                 numpyro_params = svi.get_params(svi_state)
                 q = numpyro_to_meanfield(prob, numpyro_params)
                 hyper = {k: v for k, v in numpyro_params.items() if k == "noise_precision"}
@@ -443,7 +446,8 @@ def table(rows: list[dict], name: str, methods) -> list[str]:
     """The markdown table of one data set: mean +- s.e. over splits for each metric and method."""
     task = DATASETS[name][0]
     metrics = METRICS[task] + ([("noise_std", "noise std", "")] if task == "regression" else []) + [
-        ("collapsed_units", "collapsed units", ""), ("train_seconds", "train s / split (median)", ""), ("compile_seconds", "compile + setup s", "")]
+        ("collapsed_units", "collapsed units", ""), ("train_seconds", "train s / split (median)", ""),
+        ("compile_seconds", "compile + setup s", "")]
     lines = ["| method | " + " | ".join(label for _, label, _ in metrics) + " |",
              "| --- |" + " --- |" * len(metrics)]
     for method in methods:
