@@ -46,6 +46,8 @@ COMMANDS = {
                    "Learned noise on 1-D regression: type-II ML against the true noise sd, and predictive interval coverage."),
     "cnn": ("symvi_jax.experiments.cnn",
             "A small CNN on MNIST / Fashion-MNIST with its channel symmetry read off the network."),
+    "realdata": ("symvi_jax.experiments.realdata",
+                 "Real data, offline: MFVI and symmetrized VI against NumPyro's SVI (AutoNormal) on scikit-learn's data sets."),
 }
 
 
