@@ -491,133 +491,166 @@ _TRAIN_LABEL = {"mfvi": "MFVI", "uniform": "uniform", "importance": "importance"
 
 
 def _markdown(config: Config, rows, timings) -> str:
+    """The report: one section per part that ran."""
     lines = ["# Orbit estimators on MNIST posteriors", "",
              f"One hidden layer (784 -> d -> 10), prior N(0, {config.prior_scale}^2), posteriors trained on "
              f"{config.num_train} MNIST examples (seed {config.seed}). Part timings (s): "
              + ", ".join(f"{k} {v:.0f}" for k, v in timings.items()) + ".", ""]
-    exact = [r for r in rows if r["part"] == "exact"]
-    if exact:
-        lines += ["## Against the exact I (permanent, float64)", "",
-                  f"\"trained\": MFVI, {config.trained_epochs} epochs from sigma = {config.trained_init_scale}; "
-                  f"\"broad\": MFVI started at sigma = prior scale, {config.broad_steps} steps. "
-                  f"S = {config.num_samples} weight samples, {config.num_repeats} repeats of each estimator on "
-                  "them. Cells: estimate / exact (spread = std of the per-sample error, nats).", ""]
-        ks = config.num_permutations
-        lines += ["| regime | d | exact I (nats) | I / log d! | " + " | ".join(
-            f"uniform K={k} | importance K={k}" for k in ks) + " |",
-                  "| --- | --- | --- | --- | " + " | ".join("--- | ---" for _ in ks) + " |"]
-        for regime in ("trained", "broad"):
-            for width in config.exact_widths:
-                cell = {(r["estimator"], r["K"]): r for r in exact if r["regime"] == regime and r["width"] == width}
-                if not cell:
-                    continue
-                first = next(iter(cell.values()))
-                parts = [f"{cell[(e, k)]['fraction_of_exact']:.3f} ({cell[(e, k)]['spread']:.2g})"
-                         for k in ks for e in ("uniform", "importance")]
-                lines.append(f"| {regime} | {width} | {first['exact_mi']:.3f} +- {first['exact_se']:.3f} | "
-                             f"{first['exact_mi'] / first['log_order']:.3f} | " + " | ".join(parts) + " |")
-        lines += [""]
-        if 20 in ks:
-            lines += ["Target: importance within 10% of exact at K = 20 wherever uniform is off by more than 50%.", ""]
-            verdicts = []
-            for r in exact:
-                if r["K"] != 20 or r["estimator"] != "uniform" or abs(r["relative_bias"]) <= 0.5:
-                    continue
-                imp = next(x for x in exact if x["K"] == 20 and x["estimator"] == "importance"
-                           and x["regime"] == r["regime"] and x["width"] == r["width"])
-                verdicts.append(abs(imp["relative_bias"]) <= 0.1)
-                lines.append(f"- {r['regime']} d={r['width']}: uniform {r['relative_bias']:+.1%}, importance "
-                             f"{imp['relative_bias']:+.1%} -> {'met' if verdicts[-1] else 'MISSED'}")
-            lines += ["", f"Met in {sum(verdicts)} of {len(verdicts)} cells where uniform is off by > 50%.", ""]
-        seconds = [r["exact_seconds_per_sample"] for r in exact if r["width"] == max(config.exact_widths)]
-        if seconds:
-            lines += [f"Exact permanent at d = {max(config.exact_widths)}: {np.median(seconds):.2f} s per weight "
-                      "sample (float64, including compilation of the first call).", ""]
-    wide = [r for r in rows if r["part"] == "wide"]
-    if wide:
-        lines += ["## Wide nets: both lower bounds on I (nats; higher is tighter)", "",
-                  f"S = {config.wide_num_samples} weight samples; +- standard error over them.", "",
-                  "| regime | d | log d! | K | log K | uniform | importance | importance / log d! |",
-                  "| --- | --- | --- | --- | --- | --- | --- | --- |"]
-        for regime in ("trained", "broad"):
-            for width in config.wide_widths:
-                for k in config.wide_num_permutations:
-                    u = [r for r in wide if (r["regime"], r["width"], r["K"], r["estimator"]) == (regime, width, k, "uniform")]
-                    i = [r for r in wide if (r["regime"], r["width"], r["K"], r["estimator"]) == (regime, width, k, "importance")]
-                    if not (u and i):
-                        continue
-                    u, i = u[0], i[0]
-                    se = lambda r: f" +- {r['standard_error']:.2f}" if r["standard_error"] is not None else ""  # noqa: E731
-                    lines.append(f"| {regime} | {width} | {u['log_order']:.1f} | {k} | {math.log(k):.2f} | "
-                                 f"{u['estimate']:.2f}{se(u)} | {i['estimate']:.2f}{se(i)} | "
-                                 f"{i['fraction_of_log_order']:.4f} |")
-        lines += [""]
-    distance = [r for r in rows if r["part"] == "distance"]
-    if distance:
-        lines += ["## Relative distance to the nearest equivalent mode (Theorem 3.1)", "",
-                  "min_{g != e} ||mu - g.mu|| / ||mu|| for q's mean mu (exact for one hidden layer: a transposition "
-                  "of the two closest units), next to the theorem's bound 2 (d_i + d_o + 1 + 1/d) / log(d / 2).", "",
-                  "| d | init | broad | trained | theorem bound | collapsed units (broad / trained) |",
-                  "| --- | --- | --- | --- | --- | --- |"]
-        for width in sorted({r["width"] for r in distance}):
-            cell = {r["regime"]: r for r in distance if r["width"] == width}
-            bound = cell["init"]["theorem_bound"]
-            lines.append(f"| {width} | {cell['init']['distance']:.4f} | {cell['broad']['distance']:.4f} | "
-                         f"{cell['trained']['distance']:.4f} | {'inf' if bound is None else f'{bound:.1f}'} | "
-                         f"{cell['broad']['collapsed_units']} / {cell['trained']['collapsed_units']} |")
-        lines += [""]
-    train = [r for r in rows if r["part"] == "train"]
-    if train:
-        lines += ["## Training with each objective", "",
-                  f"{config.train_num_train} MNIST training examples, prior N(0, {config.train_prior_scale}^2), "
-                  f"{config.train_epochs} epochs of batch "
-                  f"{config.batch_size}, Adam lr {config.train_learning_rate}, sigma starts at "
-                  f"{config.train_init_scale}, K = {config.train_num_permutations} for both symmetrized objectives, "
-                  f"{config.train_seeds} seeds paired across methods (mean +- standard error), importance gradient "
-                  f"{'score-corrected' if config.train_score_correction else 'default (issue #12 fix)'}. "
-                  "L^G is reported as its lower bound "
-                  f"L + I_hat with the importance estimator at K = {config.eval_num_permutations} "
-                  f"({config.eval_num_samples} samples) for every method; test NLL and accuracy on the 10k test "
-                  f"set from {config.predict_num_samples} weight samples. Values per training example.", ""]
-        methods = [m for m in TRAIN_METHODS if m in config.train_methods]
-        n = config.train_num_train
-        for width in config.train_widths:
-            by = {m: sorted((r for r in train if r["method"] == m and r["width"] == width), key=lambda r: r["seed"])
-                  for m in methods}
-            metrics = [("elbo", "L / N", n), ("elbo_symmetrized", "L^G (lower bound) / N", n),
-                       ("mi_fraction", "I / log d!", 1), ("test_nll", "test NLL", 1),
-                       ("test_accuracy", "test accuracy", 1), ("collapsed_units", "collapsed units", 1)]
-            if all("exact_mutual_information" in r for r in by["mfvi"]):
-                metrics.insert(2, ("elbo_symmetrized_exact", "L^G (exact I) / N", n))
-            lines += [f"### d = {width}", "", "| metric | " + " | ".join(_TRAIN_LABEL[m] for m in methods) + " |",
-                      "| --- |" + " --- |" * len(methods)]
-            for key, label, div in metrics:
-                cells = [f"{mean:.4f} +- {se:.4f}" for mean, se in (_mean_se([r[key] / div for r in by[m]])
-                                                                  for m in methods)]
-                lines.append(f"| {label} | " + " | ".join(cells) + " |")
-            pairs = [(m, "mfvi") for m in methods if m != "mfvi"]
-            pairs += [("importance", m) for m in ("uniform", "exact") if "importance" in methods and m in methods]
-            lines += ["", "Paired differences (same seeds), mean [95% t interval] (`stats.paired_ci`):", "",
-                      "| difference | " + " | ".join(label for _, label, _ in metrics) + " |",
-                      "| --- |" + " --- |" * len(metrics)]
-            for a, b in pairs:
-                cells = []
-                for key, _, div in metrics:
-                    mean, lo, hi = paired_ci([r[key] / div for r in by[b]], [r[key] / div for r in by[a]])
-                    cells.append(f"{mean:+.4f} [{lo:+.4f}, {hi:+.4f}]")
-                lines.append(f"| {_TRAIN_LABEL[a]} - {_TRAIN_LABEL[b]} | " + " | ".join(cells) + " |")
-            lines += [""]
-    overhead = [r for r in rows if r["part"] == "overhead"]
-    if overhead:
-        first = overhead[0]
-        lines += ["## Step time", "",
-                  f"One training step, d = {first['width']}, K = {first['K']}, batch {first['batch_size']}, S = 1; "
-                  "median over interleaved rounds in one process (ratios are meaningful, absolute times are not).", "",
-                  "| objective | s / step | ratio to MFVI |", "| --- | --- | --- |"]
-        for r in overhead:
-            lines.append(f"| {r['method']} | {r['seconds_per_step']:.4f} | {r['ratio_to_mfvi']:.2f} |")
-        lines += [""]
+    for section in (_exact_section, _wide_section, _distance_section, _train_section, _overhead_section):
+        lines += section(config, rows)
     return "\n".join(lines)
+
+
+def _exact_section(config: Config, rows) -> list:
+    exact = [r for r in rows if r["part"] == "exact"]
+    if not exact:
+        return []
+    lines = []
+    lines += ["## Against the exact I (permanent, float64)", "",
+              f"\"trained\": MFVI, {config.trained_epochs} epochs from sigma = {config.trained_init_scale}; "
+              f"\"broad\": MFVI started at sigma = prior scale, {config.broad_steps} steps. "
+              f"S = {config.num_samples} weight samples, {config.num_repeats} repeats of each estimator on "
+              "them. Cells: estimate / exact (spread = std of the per-sample error, nats).", ""]
+    ks = config.num_permutations
+    lines += ["| regime | d | exact I (nats) | I / log d! | " + " | ".join(
+        f"uniform K={k} | importance K={k}" for k in ks) + " |",
+              "| --- | --- | --- | --- | " + " | ".join("--- | ---" for _ in ks) + " |"]
+    for regime in ("trained", "broad"):
+        for width in config.exact_widths:
+            cell = {(r["estimator"], r["K"]): r for r in exact if r["regime"] == regime and r["width"] == width}
+            if not cell:
+                continue
+            first = next(iter(cell.values()))
+            parts = [f"{cell[(e, k)]['fraction_of_exact']:.3f} ({cell[(e, k)]['spread']:.2g})"
+                     for k in ks for e in ("uniform", "importance")]
+            lines.append(f"| {regime} | {width} | {first['exact_mi']:.3f} +- {first['exact_se']:.3f} | "
+                         f"{first['exact_mi'] / first['log_order']:.3f} | " + " | ".join(parts) + " |")
+    lines += [""]
+    if 20 in ks:
+        lines += ["Target: importance within 10% of exact at K = 20 wherever uniform is off by more than 50%.", ""]
+        verdicts = []
+        for r in exact:
+            if r["K"] != 20 or r["estimator"] != "uniform" or abs(r["relative_bias"]) <= 0.5:
+                continue
+            imp = next(x for x in exact if x["K"] == 20 and x["estimator"] == "importance"
+                       and x["regime"] == r["regime"] and x["width"] == r["width"])
+            verdicts.append(abs(imp["relative_bias"]) <= 0.1)
+            lines.append(f"- {r['regime']} d={r['width']}: uniform {r['relative_bias']:+.1%}, importance "
+                         f"{imp['relative_bias']:+.1%} -> {'met' if verdicts[-1] else 'MISSED'}")
+        lines += ["", f"Met in {sum(verdicts)} of {len(verdicts)} cells where uniform is off by > 50%.", ""]
+    seconds = [r["exact_seconds_per_sample"] for r in exact if r["width"] == max(config.exact_widths)]
+    if seconds:
+        lines += [f"Exact permanent at d = {max(config.exact_widths)}: {np.median(seconds):.2f} s per weight "
+                  "sample (float64, including compilation of the first call).", ""]
+    return lines
+
+
+def _wide_section(config: Config, rows) -> list:
+    wide = [r for r in rows if r["part"] == "wide"]
+    if not wide:
+        return []
+    lines = []
+    lines += ["## Wide nets: both lower bounds on I (nats; higher is tighter)", "",
+              f"S = {config.wide_num_samples} weight samples; +- standard error over them.", "",
+              "| regime | d | log d! | K | log K | uniform | importance | importance / log d! |",
+              "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for regime in ("trained", "broad"):
+        for width in config.wide_widths:
+            for k in config.wide_num_permutations:
+                u = [r for r in wide if (r["regime"], r["width"], r["K"], r["estimator"]) == (regime, width, k, "uniform")]
+                i = [r for r in wide if (r["regime"], r["width"], r["K"], r["estimator"]) == (regime, width, k, "importance")]
+                if not (u and i):
+                    continue
+                u, i = u[0], i[0]
+                se = lambda r: f" +- {r['standard_error']:.2f}" if r["standard_error"] is not None else ""  # noqa: E731
+                lines.append(f"| {regime} | {width} | {u['log_order']:.1f} | {k} | {math.log(k):.2f} | "
+                             f"{u['estimate']:.2f}{se(u)} | {i['estimate']:.2f}{se(i)} | "
+                             f"{i['fraction_of_log_order']:.4f} |")
+    lines += [""]
+    return lines
+
+
+def _distance_section(config: Config, rows) -> list:
+    distance = [r for r in rows if r["part"] == "distance"]
+    if not distance:
+        return []
+    lines = []
+    lines += ["## Relative distance to the nearest equivalent mode (Theorem 3.1)", "",
+              "min_{g != e} ||mu - g.mu|| / ||mu|| for q's mean mu (exact for one hidden layer: a transposition "
+              "of the two closest units), next to the theorem's bound 2 (d_i + d_o + 1 + 1/d) / log(d / 2).", "",
+              "| d | init | broad | trained | theorem bound | collapsed units (broad / trained) |",
+              "| --- | --- | --- | --- | --- | --- |"]
+    for width in sorted({r["width"] for r in distance}):
+        cell = {r["regime"]: r for r in distance if r["width"] == width}
+        bound = cell["init"]["theorem_bound"]
+        lines.append(f"| {width} | {cell['init']['distance']:.4f} | {cell['broad']['distance']:.4f} | "
+                     f"{cell['trained']['distance']:.4f} | {'inf' if bound is None else f'{bound:.1f}'} | "
+                     f"{cell['broad']['collapsed_units']} / {cell['trained']['collapsed_units']} |")
+    lines += [""]
+    return lines
+
+
+def _train_section(config: Config, rows) -> list:
+    train = [r for r in rows if r["part"] == "train"]
+    if not train:
+        return []
+    lines = []
+    lines += ["## Training with each objective", "",
+              f"{config.train_num_train} MNIST training examples, prior N(0, {config.train_prior_scale}^2), "
+              f"{config.train_epochs} epochs of batch "
+              f"{config.batch_size}, Adam lr {config.train_learning_rate}, sigma starts at "
+              f"{config.train_init_scale}, K = {config.train_num_permutations} for both symmetrized objectives, "
+              f"{config.train_seeds} seeds paired across methods (mean +- standard error), importance gradient "
+              f"{'score-corrected' if config.train_score_correction else 'default (issue #12 fix)'}. "
+              "L^G is reported as its lower bound "
+              f"L + I_hat with the importance estimator at K = {config.eval_num_permutations} "
+              f"({config.eval_num_samples} samples) for every method; test NLL and accuracy on the 10k test "
+              f"set from {config.predict_num_samples} weight samples. Values per training example.", ""]
+    methods = [m for m in TRAIN_METHODS if m in config.train_methods]
+    n = config.train_num_train
+    for width in config.train_widths:
+        by = {m: sorted((r for r in train if r["method"] == m and r["width"] == width), key=lambda r: r["seed"])
+              for m in methods}
+        metrics = [("elbo", "L / N", n), ("elbo_symmetrized", "L^G (lower bound) / N", n),
+                   ("mi_fraction", "I / log d!", 1), ("test_nll", "test NLL", 1),
+                   ("test_accuracy", "test accuracy", 1), ("collapsed_units", "collapsed units", 1)]
+        if all("exact_mutual_information" in r for r in by["mfvi"]):
+            metrics.insert(2, ("elbo_symmetrized_exact", "L^G (exact I) / N", n))
+        lines += [f"### d = {width}", "", "| metric | " + " | ".join(_TRAIN_LABEL[m] for m in methods) + " |",
+                  "| --- |" + " --- |" * len(methods)]
+        for key, label, div in metrics:
+            cells = [f"{mean:.4f} +- {se:.4f}" for mean, se in (_mean_se([r[key] / div for r in by[m]])
+                                                              for m in methods)]
+            lines.append(f"| {label} | " + " | ".join(cells) + " |")
+        pairs = [(m, "mfvi") for m in methods if m != "mfvi"]
+        pairs += [("importance", m) for m in ("uniform", "exact") if "importance" in methods and m in methods]
+        lines += ["", "Paired differences (same seeds), mean [95% t interval] (`stats.paired_ci`):", "",
+                  "| difference | " + " | ".join(label for _, label, _ in metrics) + " |",
+                  "| --- |" + " --- |" * len(metrics)]
+        for a, b in pairs:
+            cells = []
+            for key, _, div in metrics:
+                mean, lo, hi = paired_ci([r[key] / div for r in by[b]], [r[key] / div for r in by[a]])
+                cells.append(f"{mean:+.4f} [{lo:+.4f}, {hi:+.4f}]")
+            lines.append(f"| {_TRAIN_LABEL[a]} - {_TRAIN_LABEL[b]} | " + " | ".join(cells) + " |")
+        lines += [""]
+    return lines
+
+
+def _overhead_section(config: Config, rows) -> list:
+    overhead = [r for r in rows if r["part"] == "overhead"]
+    if not overhead:
+        return []
+    lines = []
+    first = overhead[0]
+    lines += ["## Step time", "",
+              f"One training step, d = {first['width']}, K = {first['K']}, batch {first['batch_size']}, S = 1; "
+              "median over interleaved rounds in one process (ratios are meaningful, absolute times are not).", "",
+              "| objective | s / step | ratio to MFVI |", "| --- | --- | --- |"]
+    for r in overhead:
+        lines.append(f"| {r['method']} | {r['seconds_per_step']:.4f} | {r['ratio_to_mfvi']:.2f} |")
+    lines += [""]
+    return lines
 
 
 def _figures(rows):
