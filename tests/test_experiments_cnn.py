@@ -6,6 +6,7 @@ import math
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from symvi_jax import cli, infer_symmetry
 from symvi_jax.experiments import cnn
@@ -42,6 +43,7 @@ def test_command_smoke_run(tmp_path, capsys):
     assert "Paired differences against MFVI" in (out / "results.md").read_text()
 
 
+@pytest.mark.slow  # 20-30 s on the shared 2-core CPU; keeps the CI suite near 10 minutes
 def test_training_the_cnn_with_its_inferred_group_runs_all_three_estimators():
     import optax
 

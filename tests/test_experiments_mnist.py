@@ -240,6 +240,7 @@ def test_local_predictive_agrees_with_weight_sampling_on_mnist():
     assert np.all(np.abs(local - weights) < 5.5 * np.sqrt(2 * p_bar * (1 - p_bar) / 1000))
 
 
+@pytest.mark.slow  # 20-30 s on the shared 2-core CPU; keeps the CI suite near 10 minutes
 def test_resume_skips_finished_widths(tmp_path, capsys, monkeypatch):
     _fake_npz(tmp_path / "digits.npz", 0)
     args = ["mnist", "--config", "configs/mnist_table1.yaml", "--data", str(tmp_path / "digits.npz"),

@@ -8,6 +8,7 @@ from symvi_jax.experiments import base, regression
 from symvi_jax.experiments.stats import mean_ci
 
 
+@pytest.mark.slow  # 20-30 s on the shared 2-core CPU; keeps the CI suite near 10 minutes
 def test_rows_and_page_on_a_tiny_config():
     config = base.config_from_dict(regression.Config, dict(num_seeds=2, num_train=256, num_test=200, num_epochs=60,
                                                            batch_size=128, num_predictive_samples=20))

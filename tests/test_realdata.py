@@ -125,6 +125,7 @@ def test_the_numpyro_model_has_the_same_prior_and_likelihood(task, labels, learn
     np.testing.assert_allclose(numpyro_value, ours, rtol=1e-5)
 
 
+@pytest.mark.slow  # 20-30 s on the shared 2-core CPU; keeps the CI suite near 10 minutes
 def test_one_tiny_split_gives_finite_metrics_with_the_same_keys_and_numpyro_q_is_mean_field():
     config = base.config_from_dict(realdata.Config, dict(TINY, datasets=["diabetes"],
                                                          methods=["mfvi", "numpyro"]))
