@@ -14,6 +14,17 @@ def next_key():
     return KeySource(0)
 
 
+@pytest.fixture(scope="module")
+def float64():
+    """jax_enable_x64 on for a module's tests, restored after: ``pytestmark = pytest.mark.usefixtures("float64")``."""
+    import jax
+
+    previous = jax.config.jax_enable_x64
+    jax.config.update("jax_enable_x64", True)
+    yield
+    jax.config.update("jax_enable_x64", previous)
+
+
 @pytest.fixture(autouse=True)
 def _fresh_trace_counter():
     """chex.assert_max_traces counts per function code object, across tests: start each at zero."""

@@ -24,8 +24,8 @@ def make_mlp(key, in_features, features, activation=jax.nn.relu, use_bias=True, 
     return model, params
 
 
-def small_classification_problem():
-    """A 2 -> 4 -> 3 MLP, its Dense-chain group, a categorical log-likelihood and one batch of 8."""
+def small_classification_problem(num_points: int = 8):
+    """A 2 -> 4 -> 3 MLP, its Dense-chain group, a categorical log-likelihood and one batch of ``num_points``."""
     import numpy as np
 
     from symvi_jax import PermutationGroup, likelihoods
@@ -34,5 +34,6 @@ def small_classification_problem():
     params = model.init(jax.random.key(0), jnp.zeros((1, 2)))["params"]
     loglik = likelihoods.categorical(lambda p, x: model.apply({"params": p}, x))
     rng = np.random.default_rng(0)
-    batch = (jnp.asarray(rng.normal(size=(8, 2)), jnp.float32), jnp.asarray(rng.integers(0, 3, 8), jnp.int32))
+    batch = (jnp.asarray(rng.normal(size=(num_points, 2)), jnp.float32),
+             jnp.asarray(rng.integers(0, 3, num_points), jnp.int32))
     return params, PermutationGroup.from_params(params), loglik, batch

@@ -1,6 +1,7 @@
 """Float64 mode end to end: build, fit (symmetrized objective), checkpoint round trip, predictions."""
 
 import jax
+import pytest
 import jax.numpy as jnp
 import numpy as np
 import optax
@@ -9,12 +10,7 @@ from symvi_jax import PermutationGroup, checkpoint, likelihoods, meanfield, pred
 from fixtures import make_mlp
 
 
-def setup_module():
-    jax.config.update("jax_enable_x64", True)
-
-
-def teardown_module():
-    jax.config.update("jax_enable_x64", False)
+pytestmark = pytest.mark.usefixtures("float64")  # x64 on for this module (conftest.py)
 
 
 def _all_float64(tree):

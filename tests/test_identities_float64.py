@@ -17,12 +17,7 @@ mi_terms = jax.jit(orbits.mutual_information_terms, static_argnames=STATIC)
 sym_log_prob = jax.jit(orbits.symmetrized_log_prob, static_argnames=("group", "chunk_size"))
 
 
-def setup_module():
-    jax.config.update("jax_enable_x64", True)
-
-
-def teardown_module():
-    jax.config.update("jax_enable_x64", False)
+pytestmark = pytest.mark.usefixtures("float64")  # x64 on for this module (conftest.py)
 
 
 def overlapping_q(key, in_features, features, loc_scale=0.5, scale=0.5):

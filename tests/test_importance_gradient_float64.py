@@ -21,14 +21,7 @@ import importance_gradient as ig  # noqa: E402
 NUM_SAMPLES = 4
 
 
-def setup_module():
-    global _x64
-    _x64 = jax.config.jax_enable_x64
-    jax.config.update("jax_enable_x64", True)
-
-
-def teardown_module():
-    jax.config.update("jax_enable_x64", _x64)
+pytestmark = pytest.mark.usefixtures("float64")  # x64 on for this module (conftest.py)
 
 
 def _case(net):

@@ -21,12 +21,7 @@ HAS_GROUP = hasattr(symmetry, "WeightSymmetry")
 needs_group = pytest.mark.skipif(not HAS_GROUP, reason="symmetry.WeightSymmetry not merged yet")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def float64():
-    previous = jax.config.jax_enable_x64
-    jax.config.update("jax_enable_x64", True)
-    yield
-    jax.config.update("jax_enable_x64", previous)
+pytestmark = pytest.mark.usefixtures("float64")  # x64 on for this module (conftest.py)
 
 
 # ---- helpers ---------------------------------------------------------------------------------

@@ -22,12 +22,7 @@ import orbit_precision  # noqa: E402
 from weight_symmetry_nets import NETS  # noqa: E402
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _x64():
-    previous = jax.config.jax_enable_x64
-    jax.config.update("jax_enable_x64", True)
-    yield
-    jax.config.update("jax_enable_x64", previous)
+pytestmark = pytest.mark.usefixtures("float64")  # x64 on for this module (conftest.py)
 
 
 @pytest.mark.parametrize("case", [orbit_precision.CASES[0], orbit_precision.CASES[3]], ids=["sigma1e-3", "spread1000"])

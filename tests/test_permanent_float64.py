@@ -20,12 +20,7 @@ STATIC = ("group", "num_permutations", "estimator", "chunk_size", "temperature")
 mi_terms = jax.jit(orbits.mutual_information_terms, static_argnames=STATIC)
 
 
-def setup_module():
-    jax.config.update("jax_enable_x64", True)
-
-
-def teardown_module():
-    jax.config.update("jax_enable_x64", False)
+pytestmark = pytest.mark.usefixtures("float64")  # x64 on for this module (conftest.py)
 
 
 def overlapping_q(seed, in_features, features, loc_scale=0.5, scale=0.5):

@@ -6,7 +6,7 @@ import optax
 import pytest
 
 from symvi_jax import MLP, PermutationGroup, likelihoods, meanfield, vi
-from fixtures import make_mlp
+from fixtures import small_classification_problem, make_mlp
 
 
 def _classification(next_key, n=32):
@@ -186,13 +186,9 @@ def test_fit_runs_the_likelihoods_check_batch_even_when_the_step_cannot_see_labe
 
 
 def _run_problem():
-    model = MLP(features=(4, 3))
-    params = model.init(jax.random.key(0), jnp.zeros((1, 2)))["params"]
-    loglik = likelihoods.categorical(lambda p, x: model.apply({"params": p}, x))
-    rng = np.random.default_rng(0)
-    data = (jnp.asarray(rng.normal(size=(24, 2)), jnp.float32), jnp.asarray(rng.integers(0, 3, 24), jnp.int32))
-    algorithm = vi.build(loglik, optax.adam(1e-2), data_size=24, objective="symmetrized_elbo",
-                         group=PermutationGroup.from_params(params), num_permutations=3)
+    params, group, loglik, data = small_classification_problem(num_points=24)
+    algorithm = vi.build(loglik, optax.adam(1e-2), data_size=24, objective="symmetrized_elbo", group=group,
+                         num_permutations=3)
     return algorithm, algorithm.init(params), data
 
 

@@ -13,12 +13,7 @@ from symvi_jax import WeightSymmetry, meanfield, orbits, permanent
 from weight_symmetry_nets import NETS, make_layernorm
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _x64():
-    previous = jax.config.jax_enable_x64
-    jax.config.update("jax_enable_x64", True)
-    yield
-    jax.config.update("jax_enable_x64", previous)
+pytestmark = pytest.mark.usefixtures("float64")  # x64 on for this module (conftest.py)
 
 
 def _q_and_w(params, seed=0, scale=0.4):
