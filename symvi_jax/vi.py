@@ -57,6 +57,7 @@ __all__ = [
     "hyperparameters",
     "run",
     "run_epochs",
+    "run_steps",
     "fit",
 ]
 
@@ -507,6 +508,33 @@ def run_epochs(algorithm: VIAlgorithm, state: VIState, data: Any, epoch_keys: PR
         return jax.lax.scan(one_step, state, (order, jax.random.split(key_steps, num_batches)))
 
     return jax.lax.scan(epoch, state, epoch_keys)
+
+
+def run_steps(algorithm: VIAlgorithm, state: VIState, data: Any, step_keys: PRNGKey, *,
+              batch_size: int) -> tuple[VIState, VIInfo]:
+    """One step per key of ``step_keys`` (shape ``(T,)``), each on its own random minibatch: a ``lax.scan``.
+
+    Step t with key ``key_t`` splits it into ``key_batch, key_step``, draws ``batch_size`` distinct
+    examples with ``jax.random.choice(key_batch, N, (batch_size,), replace=False)`` and calls
+    ``algorithm.step(key_step, state, batch)``. Minibatches are independent across steps (an
+    example may come back before every other one has been seen), the scheme of stochastic-gradient
+    MCMC samplers; :func:`run_epochs` visits every example once per epoch instead.
+
+    Returns:
+      The final state and the per-step infos stacked to shape ``(T,)``.
+    """
+    _checks.positive_int(batch_size, "batch_size")
+    size = jax.tree.leaves(data)[0].shape[0]
+    if batch_size > size:
+        raise ValueError(f"batch_size ({batch_size}) must not exceed the number of examples ({size})")
+
+    def one_step(state, step_key):
+        key_batch, key_step = jax.random.split(step_key)
+        index = jax.random.choice(key_batch, size, (batch_size,), replace=False)
+        batch = jax.tree.map(lambda x: jnp.take(x, index, axis=0), data)
+        return algorithm.step(key_step, state, batch)
+
+    return jax.lax.scan(one_step, state, step_keys)
 
 
 # fit, its checks, checkpoints and resume live in symvi_jax.training; vi.fit and

@@ -211,6 +211,23 @@ def test_run_vmaps_over_seeds():
         jax.tree.map(lambda a, b: np.testing.assert_allclose(a[i], b, rtol=1e-5, atol=1e-6), many, single(key))
 
 
+def test_run_steps_draws_an_independent_minibatch_per_step():
+    """run_steps against its documented schedule written out, and its argument checks."""
+    algorithm, state, data = _run_problem()
+    step_keys = jax.random.split(jax.random.key(5), 4)
+    ran, infos = jax.jit(lambda s: vi.run_steps(algorithm, s, data, step_keys, batch_size=8))(state)
+    assert infos.objective.shape == (4,)
+    manual = state
+    for key in step_keys:
+        key_batch, key_step = jax.random.split(key)
+        index = jax.random.choice(key_batch, 24, (8,), replace=False)
+        manual, _ = jax.jit(algorithm.step)(key_step, manual, jax.tree.map(lambda x: x[index], data))
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), ran.q, manual.q)
+    with pytest.raises(ValueError, match="batch_size"):
+        vi.run_steps(algorithm, state, data, step_keys, batch_size=25)
+    with pytest.raises(ValueError, match="batch_size"):
+        vi.run_steps(algorithm, state, data, step_keys, batch_size=True)
+
 def test_run_epochs_takes_its_own_key_schedule_and_a_vmapped_step():
     """run_epochs with the epoch keys as data: a hand-written epoch loop, and two algorithms' steps
     over a stacked state with a shared step key (common random numbers) equal each run alone."""

@@ -189,15 +189,7 @@ def _trainer(width, size, num_steps, batch_size, learning_rate, prior_scale, obj
     def one(key, data, init_scale):
         key_init, key_steps = jax.random.split(key)
         state = vi.init(_init_params(key_init, width), optimizer, init_scale=init_scale)
-
-        def body(state, key):
-            key_batch, key_step = jax.random.split(key)
-            index = jax.random.choice(key_batch, size, (batch_size,), replace=False)
-            batch = jax.tree.map(lambda x: x[index], data)
-            state, _ = algorithm.step(key_step, state, batch)
-            return state, None
-
-        state, _ = jax.lax.scan(body, state, jax.random.split(key_steps, num_steps))
+        state, _ = vi.run_steps(algorithm, state, data, jax.random.split(key_steps, num_steps), batch_size=batch_size)
         return state.q
 
     return jax.jit(jax.vmap(one, in_axes=(0, None, None)))
