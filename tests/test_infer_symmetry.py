@@ -17,8 +17,6 @@ import pytest
 from symvi_jax import symmetry
 from symvi_jax.jaxpr_symmetry import explain_symmetry, infer_symmetry
 
-HAS_GROUP = hasattr(symmetry, "WeightSymmetry")
-needs_group = pytest.mark.skipif(not HAS_GROUP, reason="symmetry.WeightSymmetry not merged yet")
 
 
 pytestmark = pytest.mark.usefixtures("float64")  # x64 on for this module (conftest.py)
@@ -133,11 +131,11 @@ def test_mlp_factors_follow_the_computation_not_the_names(name):
     assert {(b.path.split("/")[1], b.axis, b.reason) for b in report.broken} == {
         ("kernel", 0, "reaches the input"), ("kernel", 1, "reaches the output"), ("bias", 0, "reaches the output")}
     _assert_invariant(apply_fn, params, x, report, jax.random.key(1))
-    if HAS_GROUP:  # the same spec through WeightSymmetry's own action
-        group = infer_symmetry(apply_fn, params, x, check=False)
-        assert group.log_order() == pytest.approx(math.lgamma(9) + math.lgamma(6))
-        g = group.sample(jax.random.key(2))
-        np.testing.assert_allclose(apply_fn(group.act(g, params), x), apply_fn(params, x), rtol=1e-10, atol=1e-10)
+    # the same spec through WeightSymmetry's own action
+    group = infer_symmetry(apply_fn, params, x, check=False)
+    assert group.log_order() == pytest.approx(math.lgamma(9) + math.lgamma(6))
+    g = group.sample(jax.random.key(2))
+    np.testing.assert_allclose(apply_fn(group.act(g, params), x), apply_fn(params, x), rtol=1e-10, atol=1e-10)
 
 
 def test_trap_names_the_hidden_layers_by_dataflow():
@@ -575,7 +573,6 @@ def test_reshapes_never_claim_a_false_group(name):
 
 
 # ---- the group object and validation ---------------------------------------------------------
-@needs_group
 def test_infer_symmetry_returns_a_checked_group():
     apply_fn, params, x = _build(TanhMLP(), jnp.ones((3, 5)), jax.random.key(23))
     group, report = infer_symmetry(apply_fn, params, x, sign_flips=True, return_report=True)
@@ -586,7 +583,6 @@ def test_infer_symmetry_returns_a_checked_group():
     np.testing.assert_allclose(apply_fn(group.act(g, params), x), apply_fn(params, x), rtol=1e-10, atol=1e-10)
 
 
-@needs_group
 @pytest.mark.parametrize(
     "model, shape, sign_flips",
     [(FlattenCNN(), (2, 6, 6, 1), False), (ResidualMLP(), (3, 5), False), (ChannelFirst(), (2, 4, 4, 1), True)],
@@ -599,7 +595,6 @@ def test_group_check_passes_on_inferred_groups(model, shape, sign_flips):
     assert group.has_sign_flips == sign_flips
 
 
-@needs_group
 def test_group_check_passes_on_hand_written_attention():
     shapes = {"wq": (5, 6), "wk": (5, 6), "wv": (5, 8), "wo": (8, 3), "wq_bias": (6,), "wk_bias": (6,), "wv_bias": (8,)}
     params = _randomize(jax.random.key(39), {n: jax.ShapeDtypeStruct(s, jnp.float64) for n, s in shapes.items()})

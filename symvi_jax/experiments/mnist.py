@@ -510,89 +510,112 @@ def _mean_std(values):
 
 
 def _markdown(config: Config, rows, timings, load_time, compile_time, total) -> str:
-    methods, widths = list(config.methods), [int(w) for w in config.widths]
+    """The result page: one function per section."""
     n_train = rows[0]["num_train"] if rows else 0
     depth = config.num_hidden_layers
     lines = [
         f"# {config.dataset}: MFVI vs SGM, {depth} hidden layer{'s' if depth > 1 else ''} "
-        f"of width {', '.join(map(str, widths))}",
+        f"of width {', '.join(str(int(w)) for w in config.widths)}",
         "",
         f"{n_train} training images, {config.num_epochs} epochs, batch {config.batch_size}, Adam lr "
         f"{config.learning_rate}, S = {config.num_samples}, prior N(0, {config.prior_scale}^2), initial sigma "
         f"{config.init_scale}, KL scaled per {config.kl_scale}, {config.num_seeds} seeds (paired across methods); predictions from "
         f"{config.num_eval_samples} draws ({config.predictive}). Mean +- std over seeds.",
         "",
-        "## Test accuracy (%)",
-        "",
     ]
-    paper = config.dataset == "mnist" and depth == 1 and config.num_train is None
-    header = "| method | " + " | ".join(f"width {w}" for w in widths) + " |"
-    lines += [header, "| --- |" + " --- |" * len(widths)]
-    for method in methods:
+    lines += _accuracy_section(config, rows)
+    lines += _rows_section(config, rows, n_train)
+    lines += _paired_section(config, rows)
+    lines += _wall_time_section(config, timings, load_time, compile_time, total)
+    nonfinite = sum(r["nonfinite_steps"] for r in rows)
+    if nonfinite:
+        lines += ["", f"WARNING: {nonfinite} training steps had a non-finite objective."]
+    return "\n".join(lines)
+
+
+def _accuracy_section(config: Config, rows) -> list:
+    widths = [int(w) for w in config.widths]
+    paper = config.dataset == "mnist" and config.num_hidden_layers == 1 and config.num_train is None
+    lines = ["## Test accuracy (%)", "", "| method | " + " | ".join(f"width {w}" for w in widths) + " |",
+             "| --- |" + " --- |" * len(widths)]
+    for method in config.methods:
         cells = []
         for w in widths:
-            acc = [100 * r["test_accuracy"] for r in _select(rows, method=method, width=w)]
-            mean, std = _mean_std(acc)
+            mean, std = _mean_std([100 * r["test_accuracy"] for r in _select(rows, method=method, width=w)])
             cell = f"{mean:.3f} +- {std:.3f}"
             if paper and w in PAPER_TABLE1.get(method, {}):
                 pm, ps = PAPER_TABLE1[method][w]
                 cell += f" (paper {pm:.3f} +- {ps:.3f})"
             cells.append(cell)
         lines.append(f"| {method} | " + " | ".join(cells) + " |")
-    lines += ["", "## Per row", "",
-              "| width | method | accuracy % | NLL | ECE | L / N | (L + I^K) / N | I^K (K = "
-              f"{config.mi_num_permutations}) | I^K / log K, epochs 1 .. {config.num_epochs} | collapsed units |"
-              + (" OOD AUROC |" if config.ood else ""),
-              "| --- |" + " --- |" * (9 + (1 if config.ood else 0))]
-    for w in widths:
-        for method in methods:
+    return lines
+
+
+def _rows_section(config: Config, rows, n_train) -> list:
+    lines = ["", "## Per row", "",
+             "| width | method | accuracy % | NLL | ECE | L / N | (L + I^K) / N | I^K (K = "
+             f"{config.mi_num_permutations}) | I^K / log K, epochs 1 .. {config.num_epochs} | collapsed units |"
+             + (" OOD AUROC |" if config.ood else ""),
+             "| --- |" + " --- |" * (9 + (1 if config.ood else 0))]
+    for w in [int(w) for w in config.widths]:
+        for method in config.methods:
             sel = _select(rows, method=method, width=w)
-            if not sel:
+            if sel:
+                lines.append(_row_line(w, method, sel, n_train))
+    return lines
+
+
+def _row_line(w, method, sel, n_train) -> str:
+    fmt = {}
+    for key, scale in (("test_accuracy", 100), ("test_nll", 1), ("ece", 1), ("elbo", 1 / n_train),
+                       ("elbo_symmetrized", 1 / n_train), ("mi_estimate", 1), ("collapsed_units", 1),
+                       ("ood_auroc", 1)):
+        if key in sel[0]:
+            fmt[key] = _mean_std([scale * r[key] for r in sel])
+    sat = np.mean([r["saturation"] for r in sel], axis=0)
+    shown = sat if len(sat) <= 10 else sat[np.linspace(0, len(sat) - 1, 10).round().astype(int)]
+    line = (f"| {w} | {method} | {fmt['test_accuracy'][0]:.3f} +- {fmt['test_accuracy'][1]:.3f} | "
+            f"{fmt['test_nll'][0]:.4f} +- {fmt['test_nll'][1]:.4f} | {fmt['ece'][0]:.4f} | "
+            f"{fmt['elbo'][0]:.4f} | {fmt['elbo_symmetrized'][0]:.4f} | {fmt['mi_estimate'][0]:.3f} | "
+            f"{' '.join(f'{v:.2f}' for v in shown)} (K = {sel[0]['saturation_K']}) | "
+            f"{fmt['collapsed_units'][0]:.1f} |")
+    if "ood_auroc" in fmt:
+        line += f" {fmt['ood_auroc'][0]:.4f} +- {fmt['ood_auroc'][1]:.4f} |"
+    return line
+
+
+def _paired_section(config: Config, rows) -> list:
+    methods = list(config.methods)
+    if "mfvi" not in methods or len(methods) == 1:
+        return []
+    lines = ["", "## SGM - MFVI, paired by seed (mean [95% t-interval])", "",
+             "| width | method | accuracy (pp) | NLL | ECE | collapsed units |", "| --- | --- | --- | --- | --- | --- |"]
+    for w in [int(w) for w in config.widths]:
+        base = sorted(_select(rows, method="mfvi", width=w), key=lambda r: r["seed"])
+        for method in methods:
+            if method == "mfvi":
                 continue
-            fmt = {}
-            for key, scale in (("test_accuracy", 100), ("test_nll", 1), ("ece", 1), ("elbo", 1 / n_train),
-                               ("elbo_symmetrized", 1 / n_train), ("mi_estimate", 1), ("collapsed_units", 1),
-                               ("ood_auroc", 1)):
-                if key in sel[0]:
-                    fmt[key] = _mean_std([scale * r[key] for r in sel])
-            sat = np.mean([r["saturation"] for r in sel], axis=0)
-            shown = sat if len(sat) <= 10 else sat[np.linspace(0, len(sat) - 1, 10).round().astype(int)]
-            line = (f"| {w} | {method} | {fmt['test_accuracy'][0]:.3f} +- {fmt['test_accuracy'][1]:.3f} | "
-                    f"{fmt['test_nll'][0]:.4f} +- {fmt['test_nll'][1]:.4f} | {fmt['ece'][0]:.4f} | "
-                    f"{fmt['elbo'][0]:.4f} | {fmt['elbo_symmetrized'][0]:.4f} | {fmt['mi_estimate'][0]:.3f} | "
-                    f"{' '.join(f'{v:.2f}' for v in shown)} (K = {sel[0]['saturation_K']}) | "
-                    f"{fmt['collapsed_units'][0]:.1f} |")
-            if "ood_auroc" in fmt:
-                line += f" {fmt['ood_auroc'][0]:.4f} +- {fmt['ood_auroc'][1]:.4f} |"
-            lines.append(line)
-    if "mfvi" in methods and len(methods) > 1:
-        lines += ["", "## SGM - MFVI, paired by seed (mean [95% t-interval])", "",
-                  "| width | method | accuracy (pp) | NLL | ECE | collapsed units |", "| --- | --- | --- | --- | --- | --- |"]
-        for w in widths:
-            base = sorted(_select(rows, method="mfvi", width=w), key=lambda r: r["seed"])
-            for method in methods:
-                if method == "mfvi":
-                    continue
-                other = sorted(_select(rows, method=method, width=w), key=lambda r: r["seed"])
-                cells = []
-                for key, scale, digits in (("test_accuracy", 100, 3), ("test_nll", 1, 4), ("ece", 1, 4),
-                                           ("collapsed_units", 1, 2)):
-                    m, lo, hi = paired_ci([scale * r[key] for r in base], [scale * r[key] for r in other])
-                    cells.append(f"{m:+.{digits}f} [{lo:+.{digits}f}, {hi:+.{digits}f}]")
-                lines.append(f"| {w} | {method} | " + " | ".join(cells) + " |")
-    lines += ["", "## Wall time", "", f"Data loading {load_time:.1f} s; compiling every width's programs "
-              f"{compile_time:.1f} s ({config.compile_workers} threads); total {total:.1f} s "
-              f"({jax.device_count()} {jax.devices()[0].platform} device(s)).", "",
-              "| width | train (s) | evaluate (s) |", "| --- | --- | --- |"]
+            other = sorted(_select(rows, method=method, width=w), key=lambda r: r["seed"])
+            cells = []
+            for key, scale, digits in (("test_accuracy", 100, 3), ("test_nll", 1, 4), ("ece", 1, 4),
+                                       ("collapsed_units", 1, 2)):
+                m, lo, hi = paired_ci([scale * r[key] for r in base], [scale * r[key] for r in other])
+                cells.append(f"{m:+.{digits}f} [{lo:+.{digits}f}, {hi:+.{digits}f}]")
+            lines.append(f"| {w} | {method} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def _wall_time_section(config: Config, timings, load_time, compile_time, total) -> list:
+    lines = ["", "## Wall time", "", f"Data loading {load_time:.1f} s; compiling every width's programs "
+             f"{compile_time:.1f} s ({config.compile_workers} threads); total {total:.1f} s "
+             f"({jax.device_count()} {jax.devices()[0].platform} device(s)).", "",
+             "| width | train (s) | evaluate (s) |", "| --- | --- | --- |"]
     lines += [f"| {w} | {a:.1f} | {b:.1f} |" for w, a, b in timings]
     lines += ["", f"Collapsed unit: KL(N(m, v^2) \\|\\| N(0, s^2)) < {config.collapse_kl} nats, with m and v the mean "
               "\\|mu\\| and mean sigma of its incoming weights and bias (a unit at the prior scores 0, a trained MNIST "
               "unit ~1). L is the mean minibatch ELBO over the last epoch; I^K at the final q from "
               f"{config.mi_num_samples} draws."]
-    nonfinite = sum(r["nonfinite_steps"] for r in rows)
-    if nonfinite:
-        lines += ["", f"WARNING: {nonfinite} training steps had a non-finite objective."]
-    return "\n".join(lines)
+    return lines
 
 
 def _figures(config: Config, rows):
