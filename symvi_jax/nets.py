@@ -101,11 +101,14 @@ def _per_layer(value, num_layers: int, name: str) -> tuple:
     return value
 
 
-def _unwrap(params: Mapping[str, Any]) -> Mapping[str, Any]:
-    """Accept both ``variables`` ({"params": ...}) and the bare params dict."""
-    if isinstance(params, Mapping) and set(params.keys()) == {"params"}:
-        return params["params"]
-    return params
+def is_variables(tree: Any) -> bool:
+    """Whether ``tree`` is flax ``variables`` holding only params: ``{"params": ...}``."""
+    return isinstance(tree, Mapping) and set(tree.keys()) == {"params"}
+
+
+def unwrap(tree: Any) -> Any:
+    """Accept both flax ``variables`` (``{"params": ...}``) and the bare params."""
+    return tree["params"] if is_variables(tree) else tree
 
 
 def dense_chain(params: Mapping[str, Any]) -> tuple[list[str], list[int]]:
@@ -123,7 +126,7 @@ def dense_chain(params: Mapping[str, Any]) -> tuple[list[str], list[int]]:
     Raises:
       ValueError: naming the layer whose shapes disagree with its neighbours.
     """
-    params = _unwrap(params)
+    params = unwrap(params)
     if not isinstance(params, Mapping) or not params:
         raise ValueError("params must be a non-empty dict of Dense layers named 'Dense_0', 'Dense_1', ...")
     indices = {}
@@ -179,7 +182,7 @@ def partition(params: ArrayTree, frozen: Sequence[str]) -> tuple[dict, dict]:
     """
     if isinstance(frozen, str) or not isinstance(frozen, Sequence):
         raise ValueError(f"frozen must be a list of leaf paths such as ['Dense_1/kernel'], got {frozen!r}")
-    params = _unwrap(params)
+    params = unwrap(params)
     flat = _flatten(params)
     unknown = [p for p in frozen if not any(k == p or k.startswith(p + "/") for k in flat)]
     if unknown:

@@ -506,17 +506,13 @@ def _normalise_axis(axis, ndim: int, factor: str, path: str) -> int:
 
 
 def _strip_params(params, path: str):
-    if isinstance(params, Mapping) and set(params.keys()) == {"params"} and not path.startswith("params/"):
-        return params["params"]
-    return params
+    return params["params"] if nets.is_variables(params) and not path.startswith("params/") else params
 
 
 def _split_wrapper(group: WeightSymmetry, params):
     """Unwrap flax ``{"params": ...}`` variables when the group's paths are relative to the params."""
-    wrapped = (
-        isinstance(params, Mapping) and set(params.keys()) == {"params"}
-        and not any(m.path.startswith("params/") for f in group.factors for m in f.members)
-    )
+    wrapped = nets.is_variables(params) and not any(
+        m.path.startswith("params/") for f in group.factors for m in f.members)
     if wrapped:
         return params["params"], lambda inner: {"params": inner}
     return params, lambda inner: inner

@@ -40,7 +40,7 @@ from typing import Mapping, NamedTuple, Optional
 import jax
 import jax.numpy as jnp
 
-from symvi_jax import meanfield
+from symvi_jax import meanfield, nets
 from symvi_jax.meanfield import MeanFieldState
 from symvi_jax.symmetry import Member, WeightSymmetry, _decode, _moved_axis, _split_wrapper, leaf_paths
 from symvi_jax.types import Array, ArrayTree
@@ -59,11 +59,7 @@ __all__ = [
 _HALF_LOG_2PI = 0.5 * math.log(2.0 * math.pi)
 
 
-def unwrap(tree: ArrayTree) -> ArrayTree:
-    """Accept both flax ``variables`` (``{"params": ...}``) and the bare params."""
-    if isinstance(tree, Mapping) and set(tree.keys()) == {"params"}:
-        return tree["params"]
-    return tree
+unwrap = nets.unwrap  # flax ``variables`` ({"params": ...}) or the bare params -> the params
 
 
 class Layout(NamedTuple):
