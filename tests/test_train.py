@@ -48,8 +48,8 @@ def _steps(directory):
 def test_sigkill_then_resume_is_bitwise_identical_and_runs_are_deterministic(tmp_path):
     config = tmp_path / "quick.yaml"
     config.write_text(QUICK)
-    runs = {name: tmp_path / name for name in ("a", "b", "killed")}
-    # two uninterrupted runs and the one to kill, started together
+    runs = {name: tmp_path / name for name in ("a", "killed")}
+    # an uninterrupted run and the one to kill, started together
     first = {name: subprocess.Popen(_command(config, out), env=_env(), stdout=subprocess.PIPE,
                                     stderr=subprocess.PIPE, text=True)
              for name, out in runs.items()}
@@ -65,18 +65,17 @@ def test_sigkill_then_resume_is_bitwise_identical_and_runs_are_deterministic(tmp
     assert killed_at is not None and 0 < killed_at < TOTAL_STEPS
     assert killed_at % 8 != 0  # the run resumes mid-epoch (8 steps per epoch)
 
-    for name in ("a", "b"):
-        _, err = first[name].communicate(timeout=300)
-        assert first[name].returncode == 0, err[-3000:]
-    # determinism: the same config and seed give identical results.json metrics
-    assert _rows(runs["a"]) == _rows(runs["b"])
+    _, err = first["a"].communicate(timeout=300)
+    assert first["a"].returncode == 0, err[-3000:]
 
     resumed = subprocess.run(_command(config, runs["killed"], "--resume"), env=_env(), capture_output=True,
                              text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert f"resuming from the checkpoint at step {killed_at}" in resumed.stderr
     rows = _rows(runs["killed"])
-    assert rows == _rows(runs["a"])  # every metric, the state's and the history's sha256 digests
+    # every metric, the state's and the history's sha256 digests: the killed-and-resumed process
+    # reproduces the uninterrupted one bitwise, which also shows that a run is deterministic
+    assert rows == _rows(runs["a"])
     assert rows[0]["num_steps"] == TOTAL_STEPS
     assert checkpoint.is_finished(runs["killed"] / "checkpoints")
 

@@ -4,6 +4,8 @@ References are computed the slow way: move the weights with ``group.act`` and ev
 ``meanfield.log_prob`` of the moved copy, for every enumerated element.
 """
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -27,6 +29,7 @@ def _q_and_w(params, seed=0, scale=0.4):
     return q, w
 
 
+@functools.partial(jax.jit, static_argnums=2)  # one program per group; op-by-op dispatch is slow here
 def _brute_log_qg(q, w, group):
     elements = group.elements()
     log_terms = jax.vmap(lambda g: meanfield.log_prob(q, group.act(g, w)))(elements)
@@ -39,8 +42,9 @@ def test_orbit_log_ratios_match_moved_weights(name):
     group = WeightSymmetry.from_axes(params, axes, sign_flips=flips)
     q, w = _q_and_w(params)
     sigmas = group.sample(jax.random.key(7), 6)
-    fast = orbits.assignment_log_ratios(q, w, sigmas, group)
-    slow = jax.vmap(lambda s: meanfield.log_prob(q, group.act(s, w)))(sigmas) - meanfield.log_prob(q, w)
+    fast = jax.jit(lambda q, w, sigmas: orbits.assignment_log_ratios(q, w, sigmas, group))(q, w, sigmas)
+    slow = jax.jit(lambda q, w, sigmas: jax.vmap(lambda s: meanfield.log_prob(q, group.act(s, w)))(sigmas)
+                   - meanfield.log_prob(q, w))(q, w, sigmas)
     np.testing.assert_allclose(fast, slow, rtol=1e-10, atol=1e-8)
 
 
@@ -50,7 +54,8 @@ def test_exact_log_qg_by_enumeration_matches_moved_weights(name, kwargs):
     _, params, _, axes, flips, _ = NETS[name](jnp.float64, **kwargs)
     group = WeightSymmetry.from_axes(params, axes, sign_flips=flips)
     q, w = _q_and_w(params, seed=1)
-    np.testing.assert_allclose(orbits.symmetrized_log_prob(q, w, group), _brute_log_qg(q, w, group), rtol=0, atol=1e-7)
+    fast = jax.jit(lambda q, w: orbits.symmetrized_log_prob(q, w, group))(q, w)
+    np.testing.assert_allclose(fast, _brute_log_qg(q, w, group), rtol=0, atol=1e-7)
 
 
 def _signed_one_hidden(width=4):
@@ -73,12 +78,13 @@ def test_permanent_log_qg_and_exact_mi_match_enumeration(case):
     assert orbits.uses_permanent(group, params)
     q, w = _q_and_w(params, seed=2, scale=scale)
     brute = _brute_log_qg(q, w, group)
-    np.testing.assert_allclose(permanent.symmetrized_log_prob(q, w, group), brute, rtol=0, atol=1e-7)
+    fast = jax.jit(lambda q, w: permanent.symmetrized_log_prob(q, w, group))(q, w)
+    np.testing.assert_allclose(fast, brute, rtol=0, atol=1e-7)
     # the exact estimator's terms are log q(w) - log q^G(w) on the same draws
     samples = meanfield.sample(jax.random.key(3), q, 4)
-    terms = orbits.mutual_information_terms(jax.random.key(4), q, samples, group, num_permutations=None,
-                                            estimator="exact")
-    reference = jax.vmap(lambda s: meanfield.log_prob(q, s) - _brute_log_qg(q, s, group))(samples)
+    terms = jax.jit(lambda q, samples: orbits.mutual_information_terms(
+        jax.random.key(4), q, samples, group, num_permutations=None, estimator="exact"))(q, samples)
+    reference = jax.jit(jax.vmap(lambda s: meanfield.log_prob(q, s) - _brute_log_qg(q, s, group)))(samples)
     np.testing.assert_allclose(terms, reference, rtol=0, atol=1e-7)
     assert 0.0 < float(jnp.mean(reference)) < group.log_order()
 
