@@ -115,7 +115,7 @@ def test_infonce_is_a_lower_bound_that_grows_with_k(next_key):
     _, q, group = overlapping_q(next_key(), 1, (3, 1), loc_scale=0.4, scale=0.6)
     samples = meanfield.sample(next_key(), q, 3000)
     elements = group.elements()
-    log_orbit = jax.vmap(lambda w: orbits.orbit_log_probs(q, w, elements, group))(samples)  # (S, 6)
+    log_orbit = jax.jit(jax.vmap(lambda w: orbits.orbit_log_probs(q, w, elements, group)))(samples)  # (S, 6)
     exact_terms = mi_terms(next_key(), q, samples, group, num_permutations=None, estimator="exact")
     per_k = [_infonce_exact_over_permutations(log_orbit, k) for k in (1, 2, 3)]
     chain = per_k + [exact_terms]
@@ -130,7 +130,7 @@ def test_infonce_is_a_lower_bound_that_grows_with_k(next_key):
     # the library's sampled InfoNCE agrees with the enumerated expectation within Monte Carlo error
     # (the K-1 permutations are shared by all samples, so the draws of permutations are the units)
     infonce = jax.jit(lambda key: jnp.mean(orbits.mutual_information_terms(key, q, samples, group, num_permutations=3)))
-    sampled = jnp.stack([infonce(key) for key in jax.random.split(next_key(), 40)])
+    sampled = jax.lax.map(infonce, jax.random.split(next_key(), 40))
     se = float(jnp.std(sampled)) / math.sqrt(sampled.size)
     assert abs(float(jnp.mean(sampled)) - float(jnp.mean(per_k[2]))) < 4 * se
 
@@ -180,8 +180,9 @@ def test_orbit_log_ratios_match_permuting_the_weights(next_key, features, use_bi
     q = meanfield.MeanFieldState(q.loc, jax.tree.map(lambda r: r + 0.5 * jax.random.normal(keys(), r.shape), q.raw_scale))
     w = meanfield.sample(keys(), q)
     elements = group.sample(keys(), 9)
-    direct = jax.vmap(lambda g: meanfield.log_prob(q, group.act(group.inverse(g), w)))(elements)
+    direct = jax.jit(jax.vmap(lambda g: meanfield.log_prob(q, group.act(group.inverse(g), w))))(elements)
     fast = jax.jit(orbits.orbit_log_probs, static_argnames=("group", "chunk_size"))(q, w, elements, group)
     np.testing.assert_allclose(fast, direct, rtol=1e-12, atol=1e-9)
-    chunked = orbits.orbit_log_probs(q, w, elements, group, chunk_size=4)
+    chunked = jax.jit(orbits.orbit_log_probs, static_argnames=("group", "chunk_size"))(q, w, elements, group,
+                                                                                       chunk_size=4)
     np.testing.assert_allclose(chunked, direct, rtol=1e-12, atol=1e-9)
