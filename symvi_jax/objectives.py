@@ -144,9 +144,6 @@ def _kl(q, samples, prior_scale, kl_estimator) -> Array:
 
 def _check_settings(objective) -> None:
     """The settings every objective value shares (each a ValueError naming the field)."""
-    if not callable(objective.loglikelihood_fn):
-        raise ValueError("loglikelihood_fn must be callable (params, batch) -> Array[M], got "
-                         f"{type(objective.loglikelihood_fn).__name__}")
     _checks.positive_int(objective.data_size, "data_size")
     _checks.positive_int(objective.num_samples, "num_samples")
     _checks.positive(objective.prior_scale, "prior_scale")
@@ -155,6 +152,12 @@ def _check_settings(objective) -> None:
     _check_tempering(objective.kl_weight, objective.likelihood_temperature)
     if not isinstance(objective.learn_prior_scale, bool):
         raise ValueError(f"learn_prior_scale must be True or False, got {objective.learn_prior_scale!r}")
+
+
+def _check_loglikelihood_fn(loglikelihood_fn) -> None:
+    if not callable(loglikelihood_fn):
+        raise ValueError(f"loglikelihood_fn must be callable (params, batch) -> Array[M], got "
+                         f"{type(loglikelihood_fn).__name__}")
 
 
 def _hyper_init(objective) -> dict:
@@ -205,6 +208,7 @@ class ELBO:
 
     def __post_init__(self):
         _check_settings(self)
+        _check_loglikelihood_fn(self.loglikelihood_fn)
 
     @property
     def hyper_init(self) -> dict:
@@ -273,6 +277,7 @@ class SymmetrizedELBO:
         check_prior_invariant(self.group, self.prior_scale)
         if self.learn_prior_scale:
             _check_learnable_invariant(self.prior_scale)
+        _check_loglikelihood_fn(self.loglikelihood_fn)
 
     @property
     def hyper_init(self) -> dict:
