@@ -45,8 +45,8 @@ from symvi_jax.meanfield import MeanFieldState
 from symvi_jax.symmetry import WeightSymmetry, as_symmetry
 from symvi_jax.types import Array, ArrayTree, PRNGKey
 
-__all__ = ["ObjectiveInfo", "ELBO", "SymmetrizedELBO", "elbo", "symmetrized_elbo", "check_prior_invariant", "OBJECTIVES",
-           "KL_ESTIMATORS"]
+__all__ = ["ObjectiveInfo", "ELBO", "SymmetrizedELBO", "elbo", "symmetrized_elbo", "check_prior_invariant",
+           "OBJECTIVES", "KL_ESTIMATORS"]
 
 
 class ObjectiveInfo(NamedTuple):
