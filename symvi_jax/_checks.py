@@ -15,8 +15,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["all_finite", "data_digest", "deprecated_alias", "finite_data", "is_int", "key_to_data", "mean_field_state", "positive", "positive_float",
-           "positive_int", "prior_scale", "rng_key"]
+__all__ = ["all_finite", "data_digest", "deprecated_alias", "deprecated_name", "finite_data", "is_int", "key_to_data",
+           "mean_field_state", "positive", "positive_float", "positive_int", "prior_scale", "rng_key"]
 
 
 def is_int(value) -> bool:
@@ -169,3 +169,13 @@ def deprecated_alias(value, alias_value, name: str, alias: str, hint: str = "", 
     warnings.warn(f"{alias}= is deprecated: use {name}=" + (f" ({hint})" if hint else ""), DeprecationWarning,
                   stacklevel=stacklevel + 1)
     return alias_value
+
+
+def deprecated_name(module: str, name: str, value, hint: str = "", stacklevel: int = 2):
+    """``value`` with a ``DeprecationWarning`` that ``module.name`` is deprecated (for a module ``__getattr__``).
+
+    ``stacklevel`` counts frames from the caller, as in :func:`deprecated_alias`.
+    """
+    warnings.warn(f"{module}.{name} is deprecated" + (f": {hint}" if hint else ""), DeprecationWarning,
+                  stacklevel=stacklevel + 1)
+    return value

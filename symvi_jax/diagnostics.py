@@ -163,7 +163,7 @@ def layer_mutual_information(
     _checks.positive_int(num_permutations, "num_permutations")
     if not 0 <= exact_max_width <= permanent.MAX_WIDTH:
         raise ValueError(f"exact_max_width must be in [0, {permanent.MAX_WIDTH}], got {exact_max_width!r}")
-    proposals._check_config(temperature, num_iterations)
+    proposals.check_settings(temperature, num_iterations)
     key_sample, key_perm = jax.random.split(rng_key)
     samples = meanfield.sample(key_sample, q, num_samples)
     values, errors, exact = [], [], []

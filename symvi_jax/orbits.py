@@ -56,7 +56,6 @@ __all__ = [
     "Importance",
     "InfoNCE",
     "as_estimator",
-    "TEMPERED_ESTIMATORS",
     "importance_terms",
     "uses_permanent",
     "assignment_log_ratios",
@@ -286,7 +285,7 @@ def importance_terms(
     def per_sample(key, w):
         # factor 0's proposal weights do not depend on earlier draws: build them once, live, and
         # share them between log r(e | w), the draws (as constants) and the score correction
-        proposals._check_one_sample(group, w)
+        proposals.check_group(group, w)
         first = proposals.layer_log_weights(q, w, group, 0, **config)
         # log weights relative to q(w_s), log|G| and K: t_s = log|G| + log K - logsumexp(log_w)
         log_w = jnp.reshape(-proposals.log_prob(q, w, group, group.identity(), first_log_weights=first, **config), (1,))
@@ -324,16 +323,19 @@ def _importance_terms(rng_key, q, samples, group, *, num_permutations, chunk_siz
 
 
 #: Estimators of I(g; w) by name; each maps (rng_key, q, samples, group, *, num_permutations,
-#: chunk_size) to one term per weight sample. Estimators with a tunable proposal also take
-#: ``temperature`` (passed only when the caller sets it).
+#: chunk_size) to one term per weight sample. ``"importance"`` also takes ``temperature``.
 ESTIMATORS: dict[str, Callable] = {
     "infonce": _infonce_terms,
     "exact": _exact_terms,
     "importance": _importance_terms,
 }
 
-#: The estimators that accept ``temperature``.
-TEMPERED_ESTIMATORS = ("importance",)
+
+def __getattr__(name):
+    if name == "TEMPERED_ESTIMATORS":  # deprecated: the estimator values carry their own settings
+        return _checks.deprecated_name(__name__, name, ("importance",),
+                                       "only orbits.Importance takes a proposal_temperature")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -436,8 +438,8 @@ def as_estimator(
     if not isinstance(estimator, str) or estimator not in ESTIMATORS:
         raise ValueError(f"estimator must be one of {sorted(ESTIMATORS)} or an orbits.InfoNCE / Exact / Importance "
                          f"value, got {estimator!r}")
-    if temperature is not None and estimator not in TEMPERED_ESTIMATORS:
-        raise ValueError(f"temperature only applies to estimator in {TEMPERED_ESTIMATORS}, got estimator={estimator!r}")
+    if temperature is not None and estimator != "importance":
+        raise ValueError(f"temperature only applies to estimator='importance', got estimator={estimator!r}")
     if not isinstance(score_correction, bool):
         raise ValueError(f"score_correction must be True or False, got {score_correction!r}")
     if score_correction and estimator != "importance":

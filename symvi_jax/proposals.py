@@ -54,6 +54,8 @@ from symvi_jax.types import Array, ArrayTree, Permutation, PRNGKey
 __all__ = [
     "SINKHORN_ITERATIONS",
     "LOG_FLOOR",
+    "check_group",
+    "check_settings",
     "balanced_log_weights",
     "layer_log_weights",
     "sample_assignment",
@@ -69,7 +71,8 @@ SINKHORN_ITERATIONS = 10
 LOG_FLOOR = -30.0
 
 
-def _check_config(temperature, num_iterations) -> None:
+def check_settings(temperature, num_iterations) -> None:
+    """The proposal's settings: ``temperature`` a finite number > 0, ``num_iterations`` an int >= 0."""
     if isinstance(temperature, bool) or not isinstance(temperature, (int, float, np.floating)) or not (
         math.isfinite(temperature) and temperature > 0
     ):
@@ -197,7 +200,8 @@ def sample_assignment(rng_key: PRNGKey, log_f: Array) -> tuple[Array, Array]:
     return assignment, jnp.sum(log_ps)
 
 
-def _check_one_sample(group: WeightSymmetry, params: ArrayTree) -> None:
+def check_group(group: WeightSymmetry, params: ArrayTree) -> None:
+    """A group the proposal can draw from: a ``WeightSymmetry`` with factors and no sign flips."""
     as_symmetry(group)
     if not group.factors:
         raise ValueError("the group has no factor to permute")
@@ -249,8 +253,8 @@ def sample(
 
     The draws are not differentiable; wrap the inputs in ``stop_gradient`` when tracing gradients.
     """
-    _check_one_sample(group, params)
-    _check_config(temperature, num_iterations)
+    check_group(group, params)
+    check_settings(temperature, num_iterations)
     _checks.positive_int(num_samples, "num_samples")
     _check_first(group, first_log_weights)
 
@@ -288,8 +292,8 @@ def log_prob(
     fixed-length ``fori_loop``; clipped entries have zero derivative, as in the clipped pmf), which
     ``orbits.importance_terms`` uses for the identity term and for ``score_correction``.
     """
-    _check_one_sample(group, params)
-    _check_config(temperature, num_iterations)
+    check_group(group, params)
+    check_settings(temperature, num_iterations)
     if len(assignment) != len(group.factors):
         raise ValueError(f"assignment must have one index array per factor ({len(group.factors)}), got {len(assignment)}")
     _check_first(group, first_log_weights)

@@ -1,18 +1,20 @@
-"""Mean-field and symmetrized variational inference: ``build -> (init, step, sample)`` and ``run``.
+"""Mean-field and symmetrized variational inference: ``from_objective -> (init, step, sample)`` and ``run``.
 
-One step takes reparameterised gradients of an objective from ``objectives`` (the ELBO L, or the
-symmetrized L^K of Gelberg et al., 2024) and applies an optax update to the variational
-parameters (mu, rho):
+One step takes reparameterised gradients of an objective value from ``objectives`` (``ELBO``, the
+ELBO L, or ``SymmetrizedELBO``, the symmetrized L^K of Gelberg et al., 2024) and applies an optax
+update to the variational parameters (mu, rho):
 
     (value, info), grads = value_and_grad(-objective)(q);  q <- optax update(grads).
 
 Hyperparameters (a learned noise precision, ``likelihoods.gaussian(..., learn_noise=True)``, or
-prior scale, ``build(..., learn_prior_scale=True)``) are point estimates in ``VIState.hyper``,
+prior scale, ``learn_prior_scale=True``) are point estimates in ``VIState.hyper``,
 updated by the same optax update on the same objective: (q, hyper) <- update(grad_(q, hyper)).
 
-The kernels are pure and not jitted: jit ``step`` once at the outermost scope (or use :func:`fit`,
-which jits an epoch of ``lax.scan`` steps internally). Seeds and chains are vmapped by the user
-over ``init``/``step``.
+``from_objective(objective, optimizer)`` binds an objective value; ``build(loglikelihood_fn,
+optimizer, data_size=..., objective="elbo" | "symmetrized_elbo", ...)`` is the keyword convenience
+that builds the value first. The kernels are pure and not jitted: jit ``step`` once at the
+outermost scope (or use :func:`fit`, which jits an epoch of ``lax.scan`` steps internally). Seeds
+and chains are vmapped by the user over ``init``/``step``.
 
 Example:
   >>> import jax, jax.numpy as jnp, optax
@@ -31,18 +33,16 @@ Example:
 
 from __future__ import annotations
 
-import functools
 import warnings
 from typing import Any, Callable, NamedTuple, Optional, Protocol, Union
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 
 from symvi_jax import _checks, meanfield, objectives, orbits
 from symvi_jax.meanfield import MeanFieldState
-from symvi_jax.symmetry import WeightSymmetry, as_symmetry, check_held_out
+from symvi_jax.symmetry import WeightSymmetry, check_held_out
 from symvi_jax.types import Array, ArrayTree, PRNGKey
 
 __all__ = [
@@ -51,6 +51,7 @@ __all__ = [
     "VIAlgorithm",
     "NonFiniteError",
     "build",
+    "from_objective",
     "init",
     "step",
     "sample",
@@ -142,7 +143,7 @@ class VIAlgorithm(NamedTuple):
     """The public triple, as in blackjax: ``init(params)``, ``step(rng_key, state, batch)``,
     ``sample(rng_key, state, num_samples)``.
 
-    ``build`` also records the ``data_size`` N it scaled the likelihood by and the
+    ``from_objective`` and ``build`` also record the ``data_size`` N it scaled the likelihood by and the
     ``loglikelihood_fn``, so that :func:`fit` can check its data against both before training,
     and the ``group`` of the symmetrized objective, whose invariance fit checks on the first
     inputs when the likelihood exposes its ``apply_fn`` (None when unknown, e.g. a record built
@@ -158,6 +159,68 @@ class VIAlgorithm(NamedTuple):
 
 
 ObjectiveFn = Callable[[PRNGKey, MeanFieldState, Any], tuple[Array, objectives.ObjectiveInfo]]
+
+#: ``build``'s keywords that configure the objective, with their defaults.
+_OBJECTIVE_KEYWORDS = dict(group=None, num_samples=1, num_permutations=None, estimator="infonce", prior_scale=1.0,
+                           chunk_size=None, temperature=None, kl_weight=1.0, likelihood_temperature=1.0,
+                           proposal_temperature=None, score_correction=False, learn_prior_scale=False)
+
+
+def from_objective(
+    objective: ObjectiveFn,
+    optimizer: optax.GradientTransformation,
+    *,
+    init_scale: float = 1e-2,
+    frozen: Optional[ArrayTree] = None,
+    skip_nonfinite: bool = False,
+    track_grad_norm: bool = True,
+) -> VIAlgorithm:
+    """Bind an objective value and an optimiser once: ``init``, ``step`` (ascent on the objective), ``sample``.
+
+    Args:
+      objective: an ``objectives.ELBO`` or ``objectives.SymmetrizedELBO`` value, or any callable
+        ``(rng_key, q, batch[, hyper]) -> (value, ObjectiveInfo)``. Its attributes, where it has
+        them, fill the record: ``hyper_init`` (the initial ``VIState.hyper``), ``group``,
+        ``data_size``, ``loglikelihood_fn`` and ``prior_scale`` (checked against the params by ``init``).
+      optimizer: any optax ``GradientTransformation``.
+      init_scale, frozen, skip_nonfinite, track_grad_norm: as in :func:`build`.
+    """
+    if not callable(objective):
+        raise ValueError("objective must be an objectives.ELBO / SymmetrizedELBO value or a callable "
+                         f"(rng_key, q, batch[, hyper]) -> (value, info), got {type(objective).__name__}")
+    return _algorithm(objective, optimizer, init_scale=init_scale, frozen=frozen, skip_nonfinite=skip_nonfinite,
+                      track_grad_norm=track_grad_norm, hyper_init=getattr(objective, "hyper_init", None) or {},
+                      data_size=getattr(objective, "data_size", None),
+                      loglikelihood_fn=getattr(objective, "loglikelihood_fn", None),
+                      prior_scale=getattr(objective, "prior_scale", None))
+
+
+def _algorithm(objective, optimizer, *, init_scale, frozen, skip_nonfinite, track_grad_norm, hyper_init, data_size,
+               loglikelihood_fn, prior_scale) -> VIAlgorithm:
+    """The ``VIAlgorithm`` of :func:`from_objective`, its record's fields given explicitly."""
+    if not hasattr(optimizer, "init") or not hasattr(optimizer, "update"):
+        raise ValueError(f"optimizer must be an optax GradientTransformation, got {type(optimizer).__name__}")
+    _checks.positive(init_scale, "init_scale")
+    for name, flag in (("skip_nonfinite", skip_nonfinite), ("track_grad_norm", track_grad_norm)):
+        if not isinstance(flag, bool):
+            raise ValueError(f"{name} must be True or False, got {flag!r}")
+    group = getattr(objective, "group", None)
+
+    def init_fn(params: ArrayTree) -> VIState:
+        if group is not None:
+            check_held_out(group, params, frozen)
+        if prior_scale is not None:
+            _checks.prior_scale(prior_scale, params)
+        return init(params, optimizer, init_scale=init_scale, hyper=hyper_init)
+
+    def step_fn(rng_key: PRNGKey, state: VIState, batch: Any) -> tuple[VIState, VIInfo]:
+        return step(rng_key, state, batch, objective_fn=objective, optimizer=optimizer,
+                    skip_nonfinite=skip_nonfinite, track_grad_norm=track_grad_norm)
+
+    def sample_fn(rng_key: PRNGKey, state: VIState, num_samples: int) -> ArrayTree:
+        return sample(rng_key, state, num_samples)
+
+    return VIAlgorithm(init_fn, step_fn, sample_fn, data_size, loglikelihood_fn, group)
 
 
 def build(
@@ -183,15 +246,22 @@ def build(
     score_correction: bool = False,
     learn_prior_scale: bool = False,
 ) -> VIAlgorithm:
-    """Bind a likelihood, an optimiser and the objective's configuration once.
+    """Bind a likelihood, an optimiser and the objective's configuration once: the keyword convenience.
+
+    It builds one objective value from its keywords (``objective="elbo"``: ``objectives.ELBO``;
+    ``"symmetrized_elbo"``: ``objectives.SymmetrizedELBO`` with ``orbits.as_estimator``) and
+    returns ``from_objective(value, optimizer, init_scale=, frozen=, skip_nonfinite=,
+    track_grad_norm=)``.
 
     Args:
       loglikelihood_fn: ``(params, batch) -> Array[M]`` per-example log-likelihoods
         (``likelihoods.categorical`` / ``likelihoods.gaussian``).
       optimizer: any optax ``GradientTransformation``.
       data_size: N, the training-set size (minibatch sums are scaled by N / M).
-      objective: ``"elbo"`` (MFVI), ``"symmetrized_elbo"`` (L^K; needs ``group``) or a callable
-        ``(rng_key, q, batch) -> (value, ObjectiveInfo)`` used as it is.
+      objective: ``"elbo"`` (MFVI), ``"symmetrized_elbo"`` (L^K; needs ``group``), an objective
+        value (``objectives.ELBO`` / ``SymmetrizedELBO``, built with this ``loglikelihood_fn`` and
+        ``data_size``; the objective's keywords below must then be left at their defaults), or a
+        callable ``(rng_key, q, batch) -> (value, ObjectiveInfo)`` used as it is.
       group: the weight-space symmetry (``infer_symmetry``, ``WeightSymmetry.from_axes`` or
         ``PermutationGroup.from_params``), for the symmetrized objective. Take it from the full
         params; ``init`` checks it against the shapes of the params it is given.
@@ -232,129 +302,95 @@ def build(
       score_correction: for ``estimator="importance"``: add the score-function term that makes
         the gradient unbiased for any proposal (``orbits.importance_terms``).
     """
+    settings = dict(group=group, num_samples=num_samples, num_permutations=num_permutations, estimator=estimator,
+                    prior_scale=prior_scale, chunk_size=chunk_size, temperature=temperature, kl_weight=kl_weight,
+                    likelihood_temperature=likelihood_temperature, proposal_temperature=proposal_temperature,
+                    score_correction=score_correction, learn_prior_scale=learn_prior_scale)
+    options = dict(init_scale=init_scale, frozen=frozen, skip_nonfinite=skip_nonfinite,
+                   track_grad_norm=track_grad_norm)
+    if isinstance(objective, (objectives.ELBO, objectives.SymmetrizedELBO)):
+        _check_objective_value(objective, loglikelihood_fn, data_size, settings)
+        return from_objective(objective, optimizer, **options)
+    if callable(objective):
+        _check_callable_objective(loglikelihood_fn, data_size, settings)
+        return _algorithm(objective, optimizer, **options, hyper_init={}, data_size=data_size,
+                          loglikelihood_fn=loglikelihood_fn, prior_scale=prior_scale)
+    return from_objective(_objective_value(objective, loglikelihood_fn, data_size, **settings), optimizer, **options)
+
+
+def _objective_value(objective, loglikelihood_fn, data_size, *, group, num_samples, num_permutations, estimator,
+                     prior_scale, chunk_size, temperature, kl_weight, likelihood_temperature, proposal_temperature,
+                     score_correction, learn_prior_scale):
+    """The objective value that :func:`build`'s keywords describe: the one place its string keywords are read."""
     proposal_temperature = _checks.deprecated_alias(
         proposal_temperature, temperature, "proposal_temperature", "temperature",
         "it tempers the importance proposal over permutations; likelihood_temperature= and kl_weight= temper "
-        "the posterior")
-    _checks.positive_float(kl_weight, "kl_weight")
-    _checks.positive_float(likelihood_temperature, "likelihood_temperature")
-    tempering = dict(kl_weight=kl_weight, likelihood_temperature=likelihood_temperature)
-    if not callable(loglikelihood_fn):
-        raise ValueError(f"loglikelihood_fn must be callable (params, batch) -> Array[M], got {type(loglikelihood_fn).__name__}")
-    if not hasattr(optimizer, "init") or not hasattr(optimizer, "update"):
-        raise ValueError(f"optimizer must be an optax GradientTransformation, got {type(optimizer).__name__}")
-    objective_fn = _objective_fn(objective, loglikelihood_fn, group=group, data_size=data_size,
-                                 prior_scale=prior_scale, num_samples=num_samples, num_permutations=num_permutations,
-                                 estimator=estimator, chunk_size=chunk_size,
-                                 proposal_temperature=proposal_temperature, score_correction=score_correction,
-                                 tempering=tempering)
-    # Validate the configuration eagerly, before anything is traced.
-    _check_config(objective, data_size, num_samples, prior_scale, init_scale, group, chunk_size, proposal_temperature,
-                  score_correction)
-    for name, flag in (("skip_nonfinite", skip_nonfinite), ("track_grad_norm", track_grad_norm),
-                       ("learn_prior_scale", learn_prior_scale)):
-        if not isinstance(flag, bool):
-            raise ValueError(f"{name} must be True or False, got {flag!r}")
-    hyper_init = _hyper_init(loglikelihood_fn, objective, prior_scale, learn_prior_scale)
-
-    def init_fn(params: ArrayTree) -> VIState:
-        if group is not None and objective == "symmetrized_elbo":
-            check_held_out(group, params, frozen)
-        _checks.prior_scale(prior_scale, params)
-        return init(params, optimizer, init_scale=init_scale, hyper=hyper_init)
-
-    def step_fn(rng_key: PRNGKey, state: VIState, batch: Any) -> tuple[VIState, VIInfo]:
-        return step(rng_key, state, batch, objective_fn=objective_fn, optimizer=optimizer,
-                    skip_nonfinite=skip_nonfinite, track_grad_norm=track_grad_norm)
-
-    def sample_fn(rng_key: PRNGKey, state: VIState, num_samples: int) -> ArrayTree:
-        return sample(rng_key, state, num_samples)
-
-    return VIAlgorithm(init_fn, step_fn, sample_fn, data_size, loglikelihood_fn,
-                       group if objective == "symmetrized_elbo" else None)
-
-
-def _objective_fn(objective, loglikelihood_fn, *, group, data_size, prior_scale, num_samples, num_permutations,
-                  estimator, chunk_size, proposal_temperature, score_correction, tempering) -> ObjectiveFn:
-    """The ``(rng_key, q, batch) -> (value, info)`` that :func:`build` differentiates, its settings bound."""
-    if callable(objective):
-        if tempering["kl_weight"] != 1.0 or tempering["likelihood_temperature"] != 1.0:
-            raise ValueError("kl_weight and likelihood_temperature apply to objective='elbo' or 'symmetrized_elbo'; "
-                             "a callable objective weighs its own terms")
-        return objective
+        "the posterior", stacklevel=3)
+    common = dict(prior_scale=prior_scale, num_samples=num_samples, kl_weight=kl_weight,
+                  likelihood_temperature=likelihood_temperature, learn_prior_scale=learn_prior_scale)
     if objective == "elbo":
         if group is not None or num_permutations is not None:
             raise ValueError("objective='elbo' takes no group or num_permutations; use objective='symmetrized_elbo'")
-        return functools.partial(
-            objectives.elbo,
-            loglikelihood_fn=loglikelihood_fn,
-            data_size=data_size,
-            prior_scale=prior_scale,
-            num_samples=num_samples,
-            **tempering,
-        )
+        if proposal_temperature is not None:
+            raise ValueError("temperature applies to objective='symmetrized_elbo' with estimator='importance' only")
+        if score_correction is not False:
+            raise ValueError("score_correction applies to objective='symmetrized_elbo' with estimator='importance' "
+                             "only")
+        if chunk_size is not None:  # accepted (and unused) by the ELBO, as before
+            _checks.positive_int(chunk_size, "chunk_size")
+        return objectives.ELBO(loglikelihood_fn, data_size, **common)
     if objective == "symmetrized_elbo":
         if group is None:
             raise ValueError("objective='symmetrized_elbo' needs group= (infer_symmetry(apply_fn, params, x) or "
                              "PermutationGroup.from_params(params))")
-        return functools.partial(
-            objectives.symmetrized_elbo,
-            loglikelihood_fn=loglikelihood_fn,
-            group=group,
-            data_size=data_size,
-            prior_scale=prior_scale,
-            num_samples=num_samples,
-            estimator=orbits.as_estimator(estimator, num_permutations=num_permutations,
-                                          temperature=proposal_temperature, score_correction=score_correction,
-                                          group=group),
-            chunk_size=chunk_size,
-            **tempering,
-        )
-    raise ValueError(f"objective must be 'elbo', 'symmetrized_elbo' or a callable, got {objective!r}")
+        estimator = orbits.as_estimator(estimator, num_permutations=num_permutations, temperature=proposal_temperature,
+                                        score_correction=score_correction, group=group)
+        return objectives.SymmetrizedELBO(loglikelihood_fn, group, data_size, estimator, chunk_size=chunk_size,
+                                          **common)
+    raise ValueError(f"objective must be 'elbo', 'symmetrized_elbo', an objectives.ELBO / SymmetrizedELBO value or a "
+                     f"callable, got {objective!r}")
 
 
-def _hyper_init(loglikelihood_fn, objective, prior_scale, learn_prior_scale) -> dict:
-    """The point-estimated hyperparameters' initial values: the likelihood's and log s if learned."""
-    hyper = dict(getattr(loglikelihood_fn, "hyper_init", None) or {})
-    if learn_prior_scale:
-        _checks.positive(prior_scale, "prior_scale")
-        if objective == "symmetrized_elbo":
-            for path, leaf in jax.tree_util.tree_flatten_with_path(prior_scale)[0]:
-                if jnp.ndim(leaf) != 0:
-                    raise ValueError(
-                        f"prior_scale: leaf {jax.tree_util.keystr(path) or '(root)'} is an array of shape "
-                        f"{jnp.shape(leaf)}; learn_prior_scale=True with objective='symmetrized_elbo' takes one "
-                        "number per leaf (a learned array of scales follows q, which the group does not leave "
-                        "invariant, so the prior would stop being invariant)"
-                    )
-        hyper["log_prior_scale"] = jax.tree.map(lambda s: np.log(np.asarray(s, dtype=np.float64)), prior_scale)
-    if hyper and callable(objective):
+def _check_objective_value(objective, loglikelihood_fn, data_size, settings) -> None:
+    """``build(objective=value)``: the value holds the objective's settings, so build's must be left unset."""
+    changed = [name for name, value in settings.items() if not _is_default(value, _OBJECTIVE_KEYWORDS[name])]
+    if changed:
+        raise ValueError(f"objective={type(objective).__name__}(...) is a value: set {', '.join(changed)} as its "
+                         "fields, not as build's keywords (or call vi.from_objective(objective, optimizer))")
+    if loglikelihood_fn is not objective.loglikelihood_fn or data_size != objective.data_size:
+        raise ValueError(f"objective={type(objective).__name__}(...) was built with another loglikelihood_fn or "
+                         f"data_size (data_size={objective.data_size}) than build's (data_size={data_size}); "
+                         "pass the same ones, or call vi.from_objective(objective, optimizer)")
+
+
+def _is_default(value, default) -> bool:
+    return value is default or (type(value) is type(default) and value == default)
+
+
+def _check_callable_objective(loglikelihood_fn, data_size, settings) -> None:
+    """``build(objective=callable)``: the callable weighs its own terms and learns no hyperparameter."""
+    if not callable(loglikelihood_fn):
+        raise ValueError("loglikelihood_fn must be callable (params, batch) -> Array[M], got "
+                         f"{type(loglikelihood_fn).__name__}")
+    _checks.positive_float(settings["kl_weight"], "kl_weight")
+    _checks.positive_float(settings["likelihood_temperature"], "likelihood_temperature")
+    if settings["kl_weight"] != 1.0 or settings["likelihood_temperature"] != 1.0:
+        raise ValueError("kl_weight and likelihood_temperature apply to objective='elbo' or 'symmetrized_elbo'; "
+                         "a callable objective weighs its own terms")
+    _checks.positive_int(data_size, "data_size")
+    _checks.positive_int(settings["num_samples"], "num_samples")
+    _checks.positive(settings["prior_scale"], "prior_scale")
+    if settings["chunk_size"] is not None:
+        _checks.positive_int(settings["chunk_size"], "chunk_size")
+    if settings["proposal_temperature"] is not None or settings["temperature"] is not None:
+        raise ValueError("temperature applies to objective='symmetrized_elbo' with estimator='importance' only")
+    if settings["score_correction"] is not False:
+        raise ValueError("score_correction applies to objective='symmetrized_elbo' with estimator='importance' only")
+    if not isinstance(settings["learn_prior_scale"], bool):
+        raise ValueError(f"learn_prior_scale must be True or False, got {settings['learn_prior_scale']!r}")
+    if settings["learn_prior_scale"] or getattr(loglikelihood_fn, "hyper_init", None):
         raise ValueError("learned hyperparameters (learn_noise=True, learn_prior_scale=True) need objective='elbo' "
                          "or 'symmetrized_elbo'; a callable objective is called as (rng_key, q, batch)")
-    return hyper
-
-
-def _check_config(objective, data_size, num_samples, prior_scale, init_scale, group, chunk_size, temperature=None,
-                  score_correction=False):
-    _checks.positive_int(data_size, "data_size")
-    _checks.positive_int(num_samples, "num_samples")
-    _checks.positive(prior_scale, "prior_scale")
-    _checks.positive(init_scale, "init_scale")
-    if chunk_size is not None:
-        _checks.positive_int(chunk_size, "chunk_size")
-    if objective == "symmetrized_elbo":
-        as_symmetry(group)
-        if group.order() == 1:
-            raise ValueError(
-                "group is trivial (|G| = 1): there is nothing to symmetrize, and L^G = L. If it came from "
-                "PermutationGroup.from_params on a partitioned tree, take it from the full params (and pass the "
-                "held-out leaves as frozen=); use objective='elbo' for a network without symmetry"
-            )
-        objectives.check_prior_invariant(group, prior_scale)
-    elif temperature is not None:
-        raise ValueError("temperature applies to objective='symmetrized_elbo' with estimator='importance' only")
-    elif score_correction is not False:
-        raise ValueError("score_correction applies to objective='symmetrized_elbo' with estimator='importance' only")
 
 
 def init(params: ArrayTree, optimizer: optax.GradientTransformation, *, init_scale: float,

@@ -49,3 +49,21 @@ def test_readme_learned_hyperparameters_example_runs():
     learned = namespace["learned"]
     assert set(learned) == {"noise_precision", "prior_scale"}
     assert 0.2 < float(learned["noise_precision"]) ** -0.5 < 0.5  # from sd 1 towards the true 0.3
+
+
+def test_readme_objective_value_example_is_the_build_example():
+    """The objective-value block, run after the first example: its algorithm steps bitwise as vi.build's."""
+    import jax
+
+    blocks = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
+    example = next(b for b in blocks if "vi.from_objective" in b)
+    namespace: dict = {}
+    exec(compile(_example(), str(README), "exec"), namespace)
+    built = namespace["algorithm"]
+    exec(compile(example, str(README), "exec"), namespace)
+    bound = namespace["algorithm"]
+    batch = (namespace["x_batch"], namespace["y_batch"])
+    state = built.init(namespace["params"])
+    a, b = (jax.jit(algo.step)(jax.random.key(1), state, batch) for algo in (built, bound))
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+        np.testing.assert_array_equal(x, y)

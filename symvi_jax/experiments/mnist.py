@@ -240,15 +240,11 @@ def _train_program(config: Config, width: int, size: int, num_inputs: int, metho
     max_k = max(k for k, _ in methods)
     kl_weight = 1.0 if config.kl_scale == "dataset" else size / config.batch_size
 
-    def build(num_permutations, mi_weight):
-        objective = lambda rng_key, q, batch: symmetrized_objective(  # noqa: E731
-            rng_key, q, batch, loglikelihood_fn=loglik, group=group, data_size=size,
-            prior_scale=config.prior_scale, num_samples=config.num_samples, max_permutations=max_k,
-            num_permutations=num_permutations, mi_weight=mi_weight, kl_weight=kl_weight,
-        )
-        return vi.build(loglik, optax.adam(config.learning_rate), data_size=size, objective=objective,
-                        num_samples=config.num_samples, prior_scale=config.prior_scale,
-                        init_scale=config.init_scale)
+    def build(num_permutations, mi_weight):  # K and the weight traced: one program for every method
+        objective = objectives.SymmetrizedELBO(
+            loglik, group, size, orbits.InfoNCE(num_permutations, max_permutations=max_k),
+            prior_scale=config.prior_scale, num_samples=config.num_samples, mi_weight=mi_weight, kl_weight=kl_weight)
+        return vi.from_objective(objective, optax.adam(config.learning_rate), init_scale=config.init_scale)
 
     ks = jnp.asarray([k for k, _ in methods], dtype=jnp.int32)
     weights = jnp.asarray([w for _, w in methods], dtype=jnp.float32)
