@@ -46,7 +46,7 @@ import numpy as np
 
 from symvi_jax import _checks, meanfield, permanent, proposals, units
 from symvi_jax.meanfield import MeanFieldState
-from symvi_jax.symmetry import WeightSymmetry, _decode, _moved_axis, _split_wrapper, as_symmetry, leaf_paths
+from symvi_jax.symmetry import WeightSymmetry, decode_signed, move_units, split_variables, as_symmetry, leaf_paths
 from symvi_jax.types import Array, ArrayTree, Permutation, PRNGKey
 
 __all__ = [
@@ -79,8 +79,8 @@ def _gathered_log_ratio(leaf, loc, scale, entries, elements, group: WeightSymmet
     """log q_leaf(g.w) - log q_leaf(w) for one leaf moved by several factors, one element ``elements``."""
     moved = leaf
     for (index, member), v in zip(entries, elements):
-        p, s = _decode(v) if group.factors[index].sign_flips else (v, None)
-        moved = _moved_axis(moved, member, group.factors[index].size, p, s)
+        p, s = decode_signed(v) if group.factors[index].sign_flips else (v, None)
+        moved = move_units(moved, member, group.factors[index].size, p, s)
     return -0.5 * jnp.sum(jnp.square((moved - loc) / scale) - jnp.square((leaf - loc) / scale))
 
 
@@ -119,7 +119,7 @@ def assignment_log_ratios(
         total = total + units.unit_assignment_log_ratios(q, params, group, index, assignments[index], members,
                                                          method=method)
     if lay.multi:
-        inner_w, inner_m, inner_s = (leaf_paths(_split_wrapper(group, t)[0]) for t in (params, q.loc, sigma_tree))
+        inner_w, inner_m, inner_s = (leaf_paths(split_variables(group, t)[0]) for t in (params, q.loc, sigma_tree))
         for path, entries in lay.multi:
             leaf, loc, scale = inner_w[path], inner_m[path], inner_s[path]
             elements = tuple(assignments[index] for index, _ in entries)

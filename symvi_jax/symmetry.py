@@ -48,7 +48,7 @@ from symvi_jax import nets
 from symvi_jax.types import Array, ArrayTree, Permutation, PRNGKey
 
 __all__ = ["Member", "Factor", "WeightSymmetry", "PermutationGroup", "MAX_ELEMENTS", "leaf_paths", "as_symmetry",
-           "check_held_out"]
+           "check_held_out", "decode_signed", "move_units", "split_variables"]
 
 #: ``elements()`` refuses groups larger than this (8! = 40320 fits, 9! does not).
 MAX_ELEMENTS = 50_000
@@ -108,7 +108,7 @@ def leaf_paths(tree: ArrayTree) -> dict[str, Any]:
     return {"/".join(_key_name(k) for k in path): leaf for path, leaf in flat}
 
 
-def _decode(v: Array) -> tuple[Array, Array]:
+def decode_signed(v: Array) -> tuple[Array, Array]:
     """A signed index array -> (unit indices p, signs s in {+1, -1} as int32)."""
     negative = v < 0
     return jnp.where(negative, ~v, v), jnp.where(negative, -1, 1).astype(jnp.int32)
@@ -118,7 +118,7 @@ def _encode(p: Array, s: Array) -> Array:
     return jnp.where(s < 0, ~p, p).astype(jnp.int32)
 
 
-def _moved_axis(x: Array, member: Member, size: int, index: Array, signs: Optional[Array]) -> Array:
+def move_units(x: Array, member: Member, size: int, index: Array, signs: Optional[Array]) -> Array:
     """Gather ``x`` along the member's unit sub-axis by ``index`` and multiply by ``signs``."""
     shape = x.shape
     outer = shape[member.axis] // (size * member.inner)
@@ -341,8 +341,8 @@ class WeightSymmetry:
             if not f.sign_flips:
                 out.append(jnp.take_along_axis(hf, gf, axis=-1))
                 continue
-            pg, sg = _decode(gf)
-            ph, sh = _decode(hf)
+            pg, sg = decode_signed(gf)
+            ph, sh = decode_signed(hf)
             out.append(_encode(jnp.take_along_axis(ph, pg, axis=-1), sg * jnp.take_along_axis(sh, pg, axis=-1)))
         return tuple(out)
 
@@ -352,7 +352,7 @@ class WeightSymmetry:
             if not f.sign_flips:
                 out.append(jnp.argsort(gf, axis=-1).astype(jnp.int32))
                 continue
-            p, s = _decode(gf)
+            p, s = decode_signed(gf)
             p_inv = jnp.argsort(p, axis=-1).astype(jnp.int32)
             out.append(_encode(p_inv, jnp.take_along_axis(s, p_inv, axis=-1)))
         return tuple(out)
@@ -384,15 +384,15 @@ class WeightSymmetry:
         (held out with ``nets.partition``) are skipped.
         """
         self._check_element(g)
-        decoded = [(_decode(v) if f.sign_flips else (v, None)) for f, v in zip(self.factors, g)]
+        decoded = [(decode_signed(v) if f.sign_flips else (v, None)) for f, v in zip(self.factors, g)]
         by_leaf = self.members_by_leaf()
-        inner, wrap = _split_wrapper(self, params)
+        inner, wrap = split_variables(self, params)
 
         def move(path, x):
             name = "/".join(_key_name(k) for k in path)
             for index, member in by_leaf.get(name, ()):
                 p, s = decoded[index]
-                x = _moved_axis(x, member, self.factors[index].size, p, s)
+                x = move_units(x, member, self.factors[index].size, p, s)
             return x
 
         return wrap(jax.tree_util.tree_map_with_path(move, inner))
@@ -509,7 +509,7 @@ def _strip_params(params, path: str):
     return params["params"] if nets.is_variables(params) and not path.startswith("params/") else params
 
 
-def _split_wrapper(group: WeightSymmetry, params):
+def split_variables(group: WeightSymmetry, params):
     """Unwrap flax ``{"params": ...}`` variables when the group's paths are relative to the params."""
     wrapped = nets.is_variables(params) and not any(
         m.path.startswith("params/") for f in group.factors for m in f.members)
@@ -519,13 +519,13 @@ def _split_wrapper(group: WeightSymmetry, params):
 
 
 def _unwrap_for(group: WeightSymmetry, params):
-    return _split_wrapper(group, params)[0]
+    return split_variables(group, params)[0]
 
 
 def _broadcast_scalars(group: WeightSymmetry, tree):
     """Scalar leaves on member paths are invariant; give them no axis to gather."""
     by_leaf = group.members_by_leaf()
-    inner, wrap = _split_wrapper(group, tree)
+    inner, wrap = split_variables(group, tree)
 
     def fix(path, x):
         name = "/".join(_key_name(k) for k in path)
@@ -660,8 +660,8 @@ def check_held_out(group: WeightSymmetry, params: ArrayTree, frozen: Optional[Ar
     """
     as_symmetry(group)
     group.check_shapes(params, allow_missing=True)
-    present = leaf_paths(_split_wrapper(group, params)[0])
-    held = leaf_paths(_split_wrapper(group, frozen)[0]) if frozen is not None else {}
+    present = leaf_paths(split_variables(group, params)[0])
+    held = leaf_paths(split_variables(group, frozen)[0]) if frozen is not None else {}
     missing = sorted({m.path for f in group.factors for m in f.members if m.path not in present})
     for path in missing:
         if path in held:

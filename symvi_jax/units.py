@@ -42,7 +42,7 @@ import jax.numpy as jnp
 
 from symvi_jax import meanfield, nets
 from symvi_jax.meanfield import MeanFieldState
-from symvi_jax.symmetry import Member, WeightSymmetry, _decode, _moved_axis, _split_wrapper, leaf_paths
+from symvi_jax.symmetry import Member, WeightSymmetry, decode_signed, move_units, split_variables, leaf_paths
 from symvi_jax.types import Array, ArrayTree
 
 __all__ = [
@@ -76,7 +76,7 @@ class Layout(NamedTuple):
 
 def layout(group: WeightSymmetry, tree: ArrayTree) -> Layout:
     """The :class:`Layout` of the leaves present in ``tree`` (a params-shaped pytree)."""
-    present = leaf_paths(_split_wrapper(group, tree)[0])
+    present = leaf_paths(split_variables(group, tree)[0])
     by_leaf = group.members_by_leaf()
     single = [[] for _ in group.factors]
     multi = []
@@ -122,7 +122,7 @@ def unit_features(
         factorise), or if no member is present.
     """
     f = group.factors[factor]
-    leaves = leaf_paths(_split_wrapper(group, tree)[0])
+    leaves = leaf_paths(split_variables(group, tree)[0])
     by_leaf = group.members_by_leaf()
     chosen = tuple(m for m in f.members if m.path in leaves) if members is None else tuple(members)
     if not chosen:
@@ -138,8 +138,8 @@ def unit_features(
         x = leaves[member.path]
         for index, other in entries:
             if index != factor and others is not None and index in others:
-                p, s = _decode(others[index]) if group.factors[index].sign_flips else (others[index], None)
-                x = _moved_axis(x, other, group.factors[index].size, p, s)
+                p, s = decode_signed(others[index]) if group.factors[index].sign_flips else (others[index], None)
+                x = move_units(x, other, group.factors[index].size, p, s)
         parts.append(_features_of(x, member, f.size))
     return jnp.concatenate(parts, axis=1)
 
@@ -310,12 +310,12 @@ def unit_assignment_log_ratios(
         slots = jnp.arange(log_a.shape[0])
         if log_a_neg is None:
             return jnp.sum((log_a - diag)[slots, assignments], axis=-1)
-        p, s = _decode(assignments)
+        p, s = decode_signed(assignments)
         return jnp.sum(jnp.where(s < 0, (log_a_neg - diag)[slots, p], (log_a - diag)[slots, p]), axis=-1)
     if method != "gather":
         raise ValueError(f"method must be 'gather' or 'matmul', got {method!r}")
     x = unit_features(params, group, factor, members)
     loc = unit_features(q.loc, group, factor, members)
     sigma = unit_features(meanfield.scale(q), group, factor, members)
-    p, s = _decode(assignments) if group.factors[factor].sign_flips else (assignments, None)
+    p, s = decode_signed(assignments) if group.factors[factor].sign_flips else (assignments, None)
     return assignment_log_ratio_terms(x, loc, sigma, p, s)
