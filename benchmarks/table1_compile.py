@@ -27,11 +27,15 @@ def lowerings(package, width: int, runs: int = 40):
     mnist, config, apply_fn, group, q, keys, data = setup(package, width, runs)
     x_train, y_train, *_ = mnist._load(config)
     methods = [mnist._method_k(m, 20) for m in config.methods]
-    train_fn, _, _ = mnist._train_program(config, width, len(x_train), x_train.shape[1], methods)
     spec = lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype)  # noqa: E731
     seed_keys = jax.random.split(jax.random.key(config.seed), config.num_seeds)
+
+    def train():  # a fresh program each time: jax caches the compilation of one jitted function
+        train_fn, _, _ = mnist._train_program(config, width, len(x_train), x_train.shape[1], methods)
+        return train_fn.lower(spec(seed_keys), spec(x_train), spec(y_train))
+
     return {
-        "train": lambda: train_fn.lower(spec(seed_keys), spec(x_train), spec(y_train)),
+        "train": train,
         "evaluate": lambda: mnist._evaluate_program(config, apply_fn, group).lower(q, keys, *data),
     }
 

@@ -332,32 +332,19 @@ def _evaluation_pieces(config: Config, apply_fn, group):
 
 
 def _evaluate_program(config: Config, apply_fn, group):
-    """The jitted program ``evaluate(q, keys, x_test, y_test, ood)``: metrics of every run (lax.map).
-
-    When the OOD set has the test set's shape (the Table 1 command: 10k images each), both go
-    through one ``lax.map`` over the two sets, so the predictive is compiled once instead of twice
-    (about a third of the program's compile time); the keys, draws and arithmetic are the same.
-    """
+    """The jitted program ``evaluate(q, keys, x_test, y_test, ood)``: metrics of every run (lax.map)."""
     names = group.layer_names
     probs_fn, mi_fn, metrics_fn = _evaluation_pieces(config, apply_fn, group)
 
     def evaluate(q, keys, x_test, y_test, ood):
-        stacked = ood is not None and ood.shape == x_test.shape and ood.dtype == x_test.dtype
-        inputs = jnp.stack([x_test, ood]) if stacked else None
-        return jax.lax.map(lambda args: one(args, x_test, y_test, ood, inputs), (q, keys))
+        return jax.lax.map(lambda args: one(args, x_test, y_test, ood), (q, keys))
 
-    def one(args, x_test, y_test, ood, inputs):
+    def one(args, x_test, y_test, ood):
         q_run, rng_key = args
         key_pred, key_ood, key_mi = jax.random.split(rng_key, 3)
-        if inputs is not None:
-            both = jax.lax.map(lambda a: probs_fn(a[0], q_run, a[1]), (jnp.stack([key_pred, key_ood]), inputs))
-            probs, probs_ood = both[0], both[1]
-        else:
-            probs = probs_fn(key_pred, q_run, x_test)
-            probs_ood = None if ood is None else probs_fn(key_ood, q_run, ood)
-        out = metrics_fn(probs, y_test)
-        if probs_ood is not None:
-            out["entropy_out"] = predict.predictive_entropy(probs_ood)
+        out = metrics_fn(probs_fn(key_pred, q_run, x_test), y_test)
+        if ood is not None:
+            out["entropy_out"] = predict.predictive_entropy(probs_fn(key_ood, q_run, ood))
         terms = mi_fn(key_mi, q_run)
         out["mi_estimate"] = jnp.mean(terms)
         out["mi_estimate_se"] = jnp.std(terms) / jnp.sqrt(config.mi_num_samples)
