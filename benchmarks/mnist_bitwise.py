@@ -32,8 +32,10 @@ json.dump({"module": symvi_jax.__file__, "rows": result.rows}, open(sys.argv[2],
 """
 
 
-def run_tree(tree: str, config: dict, out: Path) -> dict:
+def run_tree(tree: str, config: dict, out: Path, xla_flags: str = "") -> dict:
     env = dict(os.environ, PYTHONPATH=str(Path(tree).resolve()), SYMVI_JAX_CACHE="off")
+    if xla_flags:
+        env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " " + xla_flags).strip()
     # run outside both trees: ``python -c`` puts the working directory ahead of PYTHONPATH
     subprocess.run([sys.executable, "-c", _CHILD, json.dumps(config), str(out)], env=env, check=True,
                    cwd=str(out.parent))
@@ -57,6 +59,7 @@ def main(argv=None) -> int:
     p.add_argument("--base", required=True, help="the source tree to compare against (e.g. /work/main)")
     p.add_argument("--new", default=".", help="the source tree under test (default: this one)")
     p.add_argument("--config", default=None, help="JSON overrides of the small config")
+    p.add_argument("--new-xla-flags", default="", help="XLA_FLAGS added for the new tree's run only")
     args = p.parse_args(argv)
     config = dict(CONFIG, **(json.loads(args.config) if args.config else {}))
     from symvi_jax import data  # the data files, found from here, passed to both runs by absolute path
@@ -67,8 +70,8 @@ def main(argv=None) -> int:
             config[key] = str(found[0].resolve())
     with tempfile.TemporaryDirectory() as tmp:
         base = run_tree(args.base, config, Path(tmp) / "base.json")
-        new = run_tree(args.new, config, Path(tmp) / "new.json")
-    print(f"base: {base['module']}\nnew:  {new['module']}\nconfig: {json.dumps(config)}")
+        new = run_tree(args.new, config, Path(tmp) / "new.json", args.new_xla_flags)
+    print(f"base: {base['module']}\nnew:  {new['module']} {args.new_xla_flags}\nconfig: {json.dumps(config)}")
     diffs = compare(base["rows"], new["rows"])
     for i, key, a, b in diffs[:20]:
         print(f"row {i} {key}: base {a!r} new {b!r}")

@@ -76,6 +76,7 @@ def main():
     p.add_argument("--width", type=int, default=30)
     p.add_argument("--runs", type=int, default=4, help="runs stacked (the protocol has 40 per width)")
     p.add_argument("--base", default=None, help="a revision whose evaluate program to time against")
+    p.add_argument("--pieces-only", action="store_true", help="time the pieces of one run, not the whole program")
     args = p.parse_args()
     import symvi_jax as new
 
@@ -107,6 +108,9 @@ def main():
     print(markdown_table(["piece (one run)", "compile s", "flops", "bytes", "wall s", "cpu s",
                           "x 40 runs (x2 sets for the predictive), s"], rows), flush=True)
 
+    if args.pieces_only:
+        write_json(args.json, record)
+        return
     # ---- the whole evaluate program: base, new, new as two concurrent halves
     contenders, outputs = {}, {}
     eval_args = (q, keys, x_test, y_test, ood)
