@@ -60,6 +60,7 @@ def main(argv=None) -> int:
     p.add_argument("--new", default=".", help="the source tree under test (default: this one)")
     p.add_argument("--config", default=None, help="JSON overrides of the small config")
     p.add_argument("--new-xla-flags", default="", help="XLA_FLAGS added for the new tree's run only")
+    p.add_argument("--new-config", default=None, help="JSON overrides for the new tree's run only")
     args = p.parse_args(argv)
     config = dict(CONFIG, **(json.loads(args.config) if args.config else {}))
     from symvi_jax import data  # the data files, found from here, passed to both runs by absolute path
@@ -70,8 +71,9 @@ def main(argv=None) -> int:
             config[key] = str(found[0].resolve())
     with tempfile.TemporaryDirectory() as tmp:
         base = run_tree(args.base, config, Path(tmp) / "base.json")
-        new = run_tree(args.new, config, Path(tmp) / "new.json", args.new_xla_flags)
-    print(f"base: {base['module']}\nnew:  {new['module']} {args.new_xla_flags}\nconfig: {json.dumps(config)}")
+        new_config = dict(config, **(json.loads(args.new_config) if args.new_config else {}))
+        new = run_tree(args.new, new_config, Path(tmp) / "new.json", args.new_xla_flags)
+    print(f"base: {base['module']}\nnew:  {new['module']} {args.new_xla_flags} {args.new_config or ''}\nconfig: {json.dumps(config)}")
     diffs = compare(base["rows"], new["rows"])
     for i, key, a, b in diffs[:20]:
         print(f"row {i} {key}: base {a!r} new {b!r}")

@@ -13,7 +13,8 @@ epoch's minibatches taken from a fresh permutation. Seeds are paired across meth
 every method from the same initial means and gives them the same minibatches, the same step keys
 (common random numbers: the weight noise and permutations are drawn once per seed) and the same
 evaluation keys, so SGM - MFVI differences are paired. The train and evaluate programs of all
-widths are compiled ahead of time (``compile_workers`` threads) before any of them runs. Each
+widths are compiled ahead of time (``compile_workers`` threads) before any of them runs; a width's
+seeds train in up to ``train_workers`` equal blocks at once, one thread each (the same runs bit for bit). Each
 finished width is saved in ``OUT/checkpoints``; ``--resume`` reads finished widths back.
 
 All methods share one objective, ``L + weight * I^K`` (weight 0 for MFVI, 1 for SGM), where I^K
@@ -115,6 +116,7 @@ class Config:
     mi_num_samples: int = 64
     collapse_kl: float = 0.05
     compile_workers: int = 1
+    train_workers: int = 1
 
     def validate(self):
         if self.dataset not in data.DATASETS:
@@ -130,7 +132,8 @@ class Config:
         if len(set(self.methods)) != len(self.methods):
             raise ValueError(f"config key 'methods' has duplicates: {self.methods}")
         for key in ("num_hidden_layers", "num_epochs", "batch_size", "num_samples", "num_seeds", "num_eval_samples",
-                    "eval_chunk_size", "mi_num_permutations", "mi_num_samples", "compile_workers"):
+                    "eval_chunk_size", "mi_num_permutations", "mi_num_samples", "compile_workers",
+                    "train_workers"):
             if getattr(self, key) < 1:
                 raise ValueError(f"config key {key!r} must be >= 1, got {getattr(self, key)}")
         for key in ("learning_rate", "prior_scale", "init_scale", "collapse_kl"):
@@ -366,6 +369,9 @@ def _compile_programs(config: Config, train, test, ood, methods, seed_keys):
     spec = lambda x: jax.ShapeDtypeStruct(np.shape(x), np.asarray(x).dtype)  # noqa: E731
     x_train, y_train = train
     key_spec = jax.ShapeDtypeStruct(seed_keys.shape, seed_keys.dtype)
+    blocks = _seed_blocks(seed_keys.shape[0], config.train_workers)
+    block_spec = jax.ShapeDtypeStruct((seed_keys.shape[0] // blocks,) + seed_keys.shape[1:],
+                                      seed_keys.dtype)
     data_specs = (spec(x_train), spec(y_train))
     eval_specs = (spec(test[0]), spec(test[1]), None if ood is None else spec(ood))
     lowered, groups = [], {}
@@ -374,7 +380,7 @@ def _compile_programs(config: Config, train, test, ood, methods, seed_keys):
                                                    methods)
         q_spec = jax.eval_shape(train_fn, key_spec, *data_specs)[0]
         run_keys = jax.ShapeDtypeStruct((jax.tree.leaves(q_spec)[0].shape[0],), seed_keys.dtype)
-        lowered.append(train_fn.lower(key_spec, *data_specs))
+        lowered.append(train_fn.lower(block_spec, *data_specs))
         lowered.append(_evaluate_program(config, apply_fn, group).lower(q_spec, run_keys, *eval_specs))
         groups[width] = group
     with ThreadPoolExecutor(max_workers=max(1, min(config.compile_workers, len(lowered)))) as pool:
@@ -382,9 +388,45 @@ def _compile_programs(config: Config, train, test, ood, methods, seed_keys):
     return {width: (compiled[2 * i], compiled[2 * i + 1], group) for i, (width, group) in enumerate(groups.items())}
 
 
+def _seed_blocks(num_seeds: int, train_workers: int) -> int:
+    """How many equal blocks a width's seeds train in: the most, up to ``train_workers``, that divide
+    ``num_seeds`` into blocks of at least 2 seeds (1: one call). A block of one seed compiles to another
+    program (its seed axis of size 1 is squeezed) whose runs differ from the one-call runs in the last
+    bits; blocks of 2 or more gave the one-call runs bit for bit (``benchmarks/mnist_bitwise.py``)."""
+    for blocks in range(min(train_workers, num_seeds // 2), 1, -1):
+        if num_seeds % blocks == 0:
+            return blocks
+    return 1
+
+
+def _train_blocks(train_fn, seed_keys, data, workers: int, num_methods: int):
+    """``train_fn(seed_keys, *data)``, with the seeds split into ``workers`` equal blocks trained at once
+    from as many threads and their runs put back method-major (run r = method r // S, seed r % S).
+
+    Each seed's runs are the same lanes of the same program whichever block holds them, so the
+    results are bitwise those of one call (checked by ``benchmarks/mnist_bitwise.py``); two blocks
+    let XLA:CPU keep both cores busy on the small per-step ops of a width's 40 lanes
+    (benchmarks/RESULTS.md, "One width's evaluation, compilation and training step, profiled").
+    """
+    if workers == 1:
+        return jax.block_until_ready(train_fn(seed_keys, *data))
+    size = seed_keys.shape[0] // workers
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        outs = list(pool.map(lambda i: jax.block_until_ready(train_fn(seed_keys[i * size:(i + 1) * size], *data)),
+                             range(workers)))
+
+    def join(*blocks):  # each (methods * size, ...) method-major -> (methods * seeds, ...)
+        parts = [x.reshape((num_methods, size) + x.shape[1:]) for x in blocks]
+        joined = jnp.concatenate(parts, axis=1)
+        return joined.reshape((-1,) + joined.shape[2:])
+
+    return jax.tree.map(join, *outs)
+
+
 def _config_digest(config: Config) -> str:
     """sha256 of every config key that changes a width's results (not ``widths`` or compile threads)."""
-    fields = {k: v for k, v in dataclasses.asdict(config).items() if k not in ("widths", "compile_workers")}
+    fields = {k: v for k, v in dataclasses.asdict(config).items()
+              if k not in ("widths", "compile_workers", "train_workers")}
     if fields["kl_scale"] == "dataset":  # added later: at its default it leaves the digest (and --resume) as before
         del fields["kl_scale"]
     return hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()
@@ -450,7 +492,8 @@ def run(config: Config, *, checkpoint_dir: Optional[str] = None, resume: bool = 
             continue
         train_fn, evaluate_fn, group = programs[int(width)]
         t0 = time.perf_counter()
-        q, stats = jax.block_until_ready(train_fn(seed_keys, *device_data[:2]))
+        q, stats = _train_blocks(train_fn, seed_keys, device_data[:2],
+                                 _seed_blocks(config.num_seeds, config.train_workers), len(methods))
         stats = jax.device_get(stats)
         t1 = time.perf_counter()
         # evaluation keys paired like the training keys: run r = method r // S, seed r % S gets key r % S
