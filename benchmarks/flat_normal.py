@@ -16,7 +16,6 @@ import math
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from _harness import interleaved_medians, markdown_table, parser, write_json
