@@ -156,12 +156,34 @@ def test_unit_statistics_flags_prior_units(next_key):
     ({"predictive": "exact"}, "predictive"),
     ({"num_train": 50}, "batch_size"),
     ({"kl_scale": "batch"}, "kl_scale"),
+    ({"train_workers": 0}, "train_workers"),
 ])
 def test_config_rejects_bad_values(overrides, message):
     from symvi_jax.experiments.base import config_from_dict
 
     with pytest.raises(ValueError, match=message):
         config_from_dict(mnist.Config, overrides)
+
+
+def test_train_blocks_put_the_runs_back_method_major():
+    """Seeds trained in blocks come back in the one-call order: run r = method r // S, seed r % S."""
+    keys = jax.random.split(jax.random.key(0), 4)
+
+    def train_fn(seed_keys, x):  # 3 methods x len(seed_keys) seeds, method-major like _train_program
+        per_seed = jax.vmap(lambda k: jax.random.uniform(k, (2,)))(seed_keys) + x
+        runs = (10.0 * jnp.arange(3.0)[:, None, None] + per_seed[None]).reshape(-1, 2)
+        return {"w": runs}, {"elbo": runs[:, :1] * 2.0}
+
+    whole = train_fn(keys, 1.0)
+    blocks = mnist._train_blocks(train_fn, keys, (1.0,), 2, 3)
+    for a, b in zip(jax.tree.leaves(whole), jax.tree.leaves(blocks)):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_seed_blocks_are_equal_and_hold_two_seeds_or_more():
+    assert [mnist._seed_blocks(s, 2) for s in (1, 2, 3, 4, 10)] == [1, 1, 1, 2, 2]
+    assert [mnist._seed_blocks(s, 4) for s in (6, 8, 10, 12)] == [3, 4, 2, 4]
+    assert mnist._seed_blocks(10, 1) == 1
 
 
 def _fake_npz(path, seed):

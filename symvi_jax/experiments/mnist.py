@@ -13,7 +13,8 @@ epoch's minibatches taken from a fresh permutation. Seeds are paired across meth
 every method from the same initial means and gives them the same minibatches, the same step keys
 (common random numbers: the weight noise and permutations are drawn once per seed) and the same
 evaluation keys, so SGM - MFVI differences are paired. The train and evaluate programs of all
-widths are compiled ahead of time (``compile_workers`` threads) before any of them runs. Each
+widths are compiled ahead of time (``compile_workers`` threads) before any of them runs; a width's
+seeds train in up to ``train_workers`` equal blocks at once, one thread each (the same runs bit for bit). Each
 finished width is saved in ``OUT/checkpoints``; ``--resume`` reads finished widths back.
 
 All methods share one objective, ``L + weight * I^K`` (weight 0 for MFVI, 1 for SGM), where I^K
@@ -115,6 +116,7 @@ class Config:
     mi_num_samples: int = 64
     collapse_kl: float = 0.05
     compile_workers: int = 1
+    train_workers: int = 1
 
     def validate(self):
         if self.dataset not in data.DATASETS:
@@ -130,7 +132,8 @@ class Config:
         if len(set(self.methods)) != len(self.methods):
             raise ValueError(f"config key 'methods' has duplicates: {self.methods}")
         for key in ("num_hidden_layers", "num_epochs", "batch_size", "num_samples", "num_seeds", "num_eval_samples",
-                    "eval_chunk_size", "mi_num_permutations", "mi_num_samples", "compile_workers"):
+                    "eval_chunk_size", "mi_num_permutations", "mi_num_samples", "compile_workers",
+                    "train_workers"):
             if getattr(self, key) < 1:
                 raise ValueError(f"config key {key!r} must be >= 1, got {getattr(self, key)}")
         for key in ("learning_rate", "prior_scale", "init_scale", "collapse_kl"):
@@ -292,16 +295,45 @@ def _train_program(config: Config, width: int, size: int, num_inputs: int, metho
     return jax.jit(train_fn), apply_fn, group
 
 
-def _evaluate_program(config: Config, apply_fn, group):
-    """The jitted program ``evaluate(q, keys, x_test, y_test, ood)``: metrics of every run (lax.map)."""
+def _evaluation_pieces(config: Config, apply_fn, group):
+    """The parts of one run's evaluation, each a pure function (benchmarks/table1_eval.py times them).
+
+    ``probs(rng_key, q_run, inputs)``: the predictive from ``num_eval_samples`` draws;
+    ``mutual_information(rng_key, q_run)``: the ``mi_num_samples`` terms of I^K at
+    K = ``mi_num_permutations``, one weight sample at a time (``lax.map``), the same K - 1
+    permutations for all; ``metrics(probs, labels)``: accuracy, NLL, ECE and predictive entropy.
+    """
     names = group.layer_names
 
-    def probs_fn(rng_key, q_run, inputs):
+    def probs(rng_key, q_run, inputs):
         if config.predictive == "local":
             return local_predictive_probs(rng_key, q_run, inputs, num_samples=config.num_eval_samples,
                                           chunk_size=config.eval_chunk_size, layer_names=names)
         return predict.predictive_probs(rng_key, q_run, apply_fn, inputs, num_samples=config.num_eval_samples,
                                         chunk_size=config.eval_chunk_size)
+
+    def mutual_information(rng_key, q_run):
+        key_sample, key_perm = jax.random.split(rng_key)
+        samples = meanfield.sample(key_sample, q_run, config.mi_num_samples)
+        estimator = orbits.InfoNCE(config.mi_num_permutations, max_permutations=config.mi_num_permutations)
+        return jax.lax.map(
+            lambda w: estimator.terms(key_perm, q_run, jax.tree.map(lambda x: x[None], w), group)[0], samples)
+
+    def metrics(probs, labels):
+        return {
+            "test_accuracy": predict.accuracy(probs, labels),
+            "test_nll": predict.nll(probs, labels),
+            "ece": predict.ece(probs, labels),
+            "entropy_in": predict.predictive_entropy(probs),
+        }
+
+    return probs, mutual_information, metrics
+
+
+def _evaluate_program(config: Config, apply_fn, group):
+    """The jitted program ``evaluate(q, keys, x_test, y_test, ood)``: metrics of every run (lax.map)."""
+    names = group.layer_names
+    probs_fn, mi_fn, metrics_fn = _evaluation_pieces(config, apply_fn, group)
 
     def evaluate(q, keys, x_test, y_test, ood):
         return jax.lax.map(lambda args: one(args, x_test, y_test, ood), (q, keys))
@@ -309,20 +341,10 @@ def _evaluate_program(config: Config, apply_fn, group):
     def one(args, x_test, y_test, ood):
         q_run, rng_key = args
         key_pred, key_ood, key_mi = jax.random.split(rng_key, 3)
-        probs = probs_fn(key_pred, q_run, x_test)
-        out = {
-            "test_accuracy": predict.accuracy(probs, y_test),
-            "test_nll": predict.nll(probs, y_test),
-            "ece": predict.ece(probs, y_test),
-            "entropy_in": predict.predictive_entropy(probs),
-        }
+        out = metrics_fn(probs_fn(key_pred, q_run, x_test), y_test)
         if ood is not None:
             out["entropy_out"] = predict.predictive_entropy(probs_fn(key_ood, q_run, ood))
-        key_sample, key_perm = jax.random.split(key_mi)
-        samples = meanfield.sample(key_sample, q_run, config.mi_num_samples)
-        estimator = orbits.InfoNCE(config.mi_num_permutations, max_permutations=config.mi_num_permutations)
-        terms = jax.lax.map(
-            lambda w: estimator.terms(key_perm, q_run, jax.tree.map(lambda x: x[None], w), group)[0], samples)
+        terms = mi_fn(key_mi, q_run)
         out["mi_estimate"] = jnp.mean(terms)
         out["mi_estimate_se"] = jnp.std(terms) / jnp.sqrt(config.mi_num_samples)
         out["units"] = unit_statistics(q_run, names, config.prior_scale)
@@ -343,6 +365,9 @@ def _compile_programs(config: Config, train, test, ood, methods, seed_keys):
     spec = lambda x: jax.ShapeDtypeStruct(np.shape(x), np.asarray(x).dtype)  # noqa: E731
     x_train, y_train = train
     key_spec = jax.ShapeDtypeStruct(seed_keys.shape, seed_keys.dtype)
+    blocks = _seed_blocks(seed_keys.shape[0], config.train_workers)
+    block_spec = jax.ShapeDtypeStruct((seed_keys.shape[0] // blocks,) + seed_keys.shape[1:],
+                                      seed_keys.dtype)
     data_specs = (spec(x_train), spec(y_train))
     eval_specs = (spec(test[0]), spec(test[1]), None if ood is None else spec(ood))
     lowered, groups = [], {}
@@ -351,7 +376,7 @@ def _compile_programs(config: Config, train, test, ood, methods, seed_keys):
                                                    methods)
         q_spec = jax.eval_shape(train_fn, key_spec, *data_specs)[0]
         run_keys = jax.ShapeDtypeStruct((jax.tree.leaves(q_spec)[0].shape[0],), seed_keys.dtype)
-        lowered.append(train_fn.lower(key_spec, *data_specs))
+        lowered.append(train_fn.lower(block_spec, *data_specs))
         lowered.append(_evaluate_program(config, apply_fn, group).lower(q_spec, run_keys, *eval_specs))
         groups[width] = group
     with ThreadPoolExecutor(max_workers=max(1, min(config.compile_workers, len(lowered)))) as pool:
@@ -359,9 +384,45 @@ def _compile_programs(config: Config, train, test, ood, methods, seed_keys):
     return {width: (compiled[2 * i], compiled[2 * i + 1], group) for i, (width, group) in enumerate(groups.items())}
 
 
+def _seed_blocks(num_seeds: int, train_workers: int) -> int:
+    """How many equal blocks a width's seeds train in: the most, up to ``train_workers``, that divide
+    ``num_seeds`` into blocks of at least 2 seeds (1: one call). A block of one seed compiles to another
+    program (its seed axis of size 1 is squeezed) whose runs differ from the one-call runs in the last
+    bits; blocks of 2 or more gave the one-call runs bit for bit (``benchmarks/mnist_bitwise.py``)."""
+    for blocks in range(min(train_workers, num_seeds // 2), 1, -1):
+        if num_seeds % blocks == 0:
+            return blocks
+    return 1
+
+
+def _train_blocks(train_fn, seed_keys, data, workers: int, num_methods: int):
+    """``train_fn(seed_keys, *data)``, with the seeds split into ``workers`` equal blocks trained at once
+    from as many threads and their runs put back method-major (run r = method r // S, seed r % S).
+
+    Each seed's runs are the same lanes of the same program whichever block holds them, so the
+    results are bitwise those of one call (checked by ``benchmarks/mnist_bitwise.py``); two blocks
+    let XLA:CPU keep both cores busy on the small per-step ops of a width's 40 lanes
+    (benchmarks/RESULTS.md, "One width's evaluation, compilation and training step, profiled").
+    """
+    if workers == 1:
+        return jax.block_until_ready(train_fn(seed_keys, *data))
+    size = seed_keys.shape[0] // workers
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        outs = list(pool.map(lambda i: jax.block_until_ready(train_fn(seed_keys[i * size:(i + 1) * size], *data)),
+                             range(workers)))
+
+    def join(*blocks):  # each (methods * size, ...) method-major -> (methods * seeds, ...)
+        parts = [x.reshape((num_methods, size) + x.shape[1:]) for x in blocks]
+        joined = jnp.concatenate(parts, axis=1)
+        return joined.reshape((-1,) + joined.shape[2:])
+
+    return jax.tree.map(join, *outs)
+
+
 def _config_digest(config: Config) -> str:
     """sha256 of every config key that changes a width's results (not ``widths`` or compile threads)."""
-    fields = {k: v for k, v in dataclasses.asdict(config).items() if k not in ("widths", "compile_workers")}
+    fields = {k: v for k, v in dataclasses.asdict(config).items()
+              if k not in ("widths", "compile_workers", "train_workers")}
     if fields["kl_scale"] == "dataset":  # added later: at its default it leaves the digest (and --resume) as before
         del fields["kl_scale"]
     return hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()
@@ -427,7 +488,8 @@ def run(config: Config, *, checkpoint_dir: Optional[str] = None, resume: bool = 
             continue
         train_fn, evaluate_fn, group = programs[int(width)]
         t0 = time.perf_counter()
-        q, stats = jax.block_until_ready(train_fn(seed_keys, *device_data[:2]))
+        q, stats = _train_blocks(train_fn, seed_keys, device_data[:2],
+                                 _seed_blocks(config.num_seeds, config.train_workers), len(methods))
         stats = jax.device_get(stats)
         t1 = time.perf_counter()
         # evaluation keys paired like the training keys: run r = method r // S, seed r % S gets key r % S
