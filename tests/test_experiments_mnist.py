@@ -244,9 +244,9 @@ def test_local_predictive_agrees_with_weight_sampling_on_mnist():
 
     mnist_data = data_module.load("mnist", Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "mnist.npz")
     config = mnist.Config(widths=(10,), methods=("mfvi",), num_seeds=1, num_epochs=1, ood=False)
-    x_train = mnist_data.x_train.reshape(60000, -1)
-    q, _, apply_fn, group = mnist._train_width(config, 10, (x_train, mnist_data.y_train.astype(np.int32)),
-                                               [(20, 0.0)], jax.random.split(jax.random.key(0), 1))
+    x_train = jnp.asarray(mnist_data.x_train.reshape(60000, -1))  # uint8, as mnist._load hands the program
+    train_fn, apply_fn, group = mnist._train_program(config, 10, x_train.shape[0], x_train.shape[1], [(20, 0.0)])
+    q, _ = train_fn(jax.random.split(jax.random.key(0), 1), x_train, jnp.asarray(mnist_data.y_train.astype(np.int32)))
     q = jax.tree.map(lambda x: x[0], q)
     x_test, y_test = jnp.asarray(data_module.as_inputs(mnist_data.x_test)), jnp.asarray(mnist_data.y_test.astype(np.int32))
     local = jax.jit(lambda q: mnist.local_predictive_probs(jax.random.key(1), q, x_test, num_samples=1000,
