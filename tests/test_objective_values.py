@@ -1,6 +1,7 @@
 """objectives.ELBO / SymmetrizedELBO: settings checked once when built, and vi.from_objective trains them
 exactly as vi.build's keywords do."""
 
+import collections
 import warnings
 
 import jax
@@ -125,6 +126,44 @@ def test_a_traced_weight_and_k_build_one_program(problem):
     traced, full, elbo = jax.jit(jax.vmap(values))(jnp.asarray([4, 2], jnp.int32), jnp.asarray([1.0, 0.0]))
     np.testing.assert_allclose(traced[0], full[0], rtol=1e-6)  # K = K_max, weight 1: L^K
     np.testing.assert_allclose(traced[1], elbo[1], rtol=1e-6)  # weight 0: the ELBO on the same draws
+
+
+def test_a_static_weight_0_is_the_elbo_gradient_without_the_backward_pass_of_i(problem):
+    """mi_weight=0.0 (a number): the value and the reported I^K of a traced weight 0, the ELBO's gradient,
+    and a gradient program that does not differentiate I^K."""
+    q = vi.init(problem["params"], optax.adam(1e-2), init_scale=0.3).q
+    key = jax.random.key(0)
+    static = _sym(problem, estimator=orbits.InfoNCE(4), mi_weight=0.0)
+    elbo = objectives.ELBO(problem["loglik"], 32)
+
+    def traced(q, weight):
+        return _sym(problem, estimator=orbits.InfoNCE(4), mi_weight=weight)(key, q, problem["batch"])
+
+    def grads(q):
+        return (jax.grad(lambda q: static(key, q, problem["batch"])[0])(q),
+                jax.grad(lambda q: elbo(jax.random.split(key)[0], q, problem["batch"])[0])(q),
+                static(key, q, problem["batch"]), traced(q, jnp.float32(0.0)))
+
+    (g_static, g_elbo, (v_static, info_static), (v_traced, info_traced)) = jax.jit(grads)(q)
+    for a, b in zip(jax.tree.leaves(g_static), jax.tree.leaves(g_elbo)):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+    assert v_static == v_traced and info_static.mutual_information == info_traced.mutual_information
+    # the orbit terms gather the permuted units; their backward pass would add gathers and scatter-adds
+    forward = _primitives(jax.make_jaxpr(lambda q: static(key, q, problem["batch"])[0])(q).jaxpr)
+    gradient = _primitives(jax.make_jaxpr(jax.grad(lambda q: static(key, q, problem["batch"])[0]))(q).jaxpr)
+    elbo_gradient = _primitives(jax.make_jaxpr(jax.grad(lambda q: elbo(key, q, problem["batch"])[0]))(q).jaxpr)
+    assert gradient["gather"] == forward["gather"] > elbo_gradient["gather"], (forward, gradient)
+    assert gradient["scatter-add"] == elbo_gradient["scatter-add"], (gradient, elbo_gradient)
+
+
+def _primitives(jaxpr, counts=None):
+    """How many times each primitive appears in ``jaxpr``, sub-jaxprs included."""
+    counts = collections.Counter() if counts is None else counts
+    for eqn in jaxpr.eqns:
+        counts[eqn.primitive.name] += 1
+        for sub in jax.core.jaxprs_in_params(eqn.params):
+            _primitives(sub, counts)
+    return counts
 
 
 def test_tempered_estimators_is_deprecated():
