@@ -43,10 +43,13 @@ def main():
         return lambda traced: objectives.SymmetrizedELBO(loglik, group, 60000, orbits.InfoNCE(20),
                                                          mi_weight=traced if weight is None else weight)
 
-    fns = {"ELBO": program(lambda _: objectives.ELBO(loglik, 60000)), "mi_weight 0.0 (a number)": program(symmetrized(0.0)),
-           "mi_weight 0 (traced)": program(symmetrized(None)), "mi_weight 1.0": program(symmetrized(1.0))}
+    fns = {"ELBO": program(lambda _: objectives.ELBO(loglik, 60000)),
+           "mi_weight 0.0 (a number)": program(symmetrized(0.0)),
+           "mi_weight 0 (traced)": program(symmetrized(None)),
+           "mi_weight 1.0": program(symmetrized(1.0))}
     medians = interleaved_medians(fns, repeats=1 if args.quick else args.repeats, warmup=1)
-    rows = [[name, round(seconds * 1e6 / STEPS), round(seconds / medians["ELBO"], 2)] for name, seconds in medians.items()]
+    rows = [[name, round(seconds * 1e6 / STEPS), round(seconds / medians["ELBO"], 2)]
+            for name, seconds in medians.items()]
     print(markdown_table(["step", "us/step", "/ ELBO"], rows))
     write_json(args.json, {"steps": STEPS, "rows": rows, "complete": True})
 

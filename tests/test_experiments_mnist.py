@@ -157,6 +157,8 @@ def test_unit_statistics_flags_prior_units(next_key):
     ({"num_train": 50}, "batch_size"),
     ({"kl_scale": "batch"}, "kl_scale"),
     ({"train_workers": 0}, "train_workers"),
+    ({"eval_xla_optimization_level": 4}, "eval_xla_optimization_level"),
+    ({"eval_xla_optimization_level": True}, "eval_xla_optimization_level"),
 ])
 def test_config_rejects_bad_values(overrides, message):
     from symvi_jax.experiments.base import config_from_dict
@@ -203,11 +205,12 @@ def test_command_smoke_run(tmp_path, capsys):
         "--ood-data", str(tmp_path / "clothes.npz"), "--out", str(out), "--widths", "[3]",
         "--methods", "[mfvi, sgm3]", "--num-seeds", "2", "--num-train", "200", "--num-test", "40",
         "--num-epochs", "2", "--num-eval-samples", "8", "--eval-chunk-size", "4",
-        "--mi-num-permutations", "6", "--mi-num-samples", "2",
+        "--mi-num-permutations", "6", "--mi-num-samples", "2", "--eval-xla-optimization-level", "1",
     ])
     assert code == 0, capsys.readouterr().err
     payload = json.loads((out / "results.json").read_text())
     assert payload["config"]["widths"] == [3] and payload["config"]["methods"] == ["mfvi", "sgm3"]
+    assert payload["config"]["eval_xla_optimization_level"] == 1
     rows = payload["rows"]
     assert len(rows) == 4
     required = {"width", "method", "K", "seed", "test_accuracy", "test_nll", "ece", "elbo", "elbo_symmetrized",
