@@ -16,9 +16,10 @@ evaluation keys, so SGM - MFVI differences are paired. The train and evaluate pr
 widths are compiled ahead of time (``compile_workers`` threads) before any of them runs; a width's
 seeds train in up to ``train_workers`` equal blocks at once, one thread each (the same runs bit for bit).
 ``eval_xla_optimization_level`` (null: XLA's default) compiles the evaluate programs at that XLA
-backend optimisation level: at 1 the width-30 program compiled 2.4x faster, ran 1.01x as long and gave
-the same outputs bit for bit (``benchmarks/table1_opt_level.py``; another level, or other shapes, may
-round differently). The train programs keep XLA's default: at level 1 they ran 6% slower. Each
+backend optimisation level: at 1 the width-30 program compiled 2.4x faster and ran 1.01x as long
+(``benchmarks/table1_opt_level.py``), but it rounds differently in the last bits (the whole Table 1
+protocol then printed some zero paired differences as -0.0000), so configs leave it at null. The train
+programs keep XLA's default: at level 1 they ran 6% slower. Each
 finished width is saved in ``OUT/checkpoints``; ``--resume`` reads finished widths back.
 
 All methods share one objective, ``L + weight * I^K`` (weight 0 for MFVI, 1 for SGM), where I^K
