@@ -5,6 +5,7 @@ import collections
 import warnings
 
 import jax
+import jax.extend.core
 import jax.numpy as jnp
 import numpy as np
 import optax
@@ -161,7 +162,7 @@ def _primitives(jaxpr, counts=None):
     counts = collections.Counter() if counts is None else counts
     for eqn in jaxpr.eqns:
         counts[eqn.primitive.name] += 1
-        for sub in jax.core.jaxprs_in_params(eqn.params):
+        for sub in jax.extend.core.jaxprs_in_params(eqn.params):
             _primitives(sub, counts)
     return counts
 

@@ -38,10 +38,13 @@ def test_function_is_invariant_under_random_elements(shape):
     model, params = make_mlp(keys[0], in_features, (*hidden, out), ACTIVATIONS[activation], use_bias)
     group = PermutationGroup.from_params(params)
     assert group.widths == tuple(hidden)
-    g = group.sample(keys[1])
-    x = jax.random.normal(keys[2], (5, in_features))
-    before = model.apply({"params": params}, x)
-    after = model.apply({"params": group.act(g, params)}, x)
+
+    @jax.jit  # one program per example instead of one per op and shape
+    def outputs(params, key, x):
+        moved = group.act(group.sample(key), params)
+        return model.apply({"params": params}, x), model.apply({"params": moved}, x)
+
+    before, after = outputs(params, keys[1], jax.random.normal(keys[2], (5, in_features)))
     np.testing.assert_allclose(after, before, rtol=1e-5, atol=1e-5)
 
 
