@@ -14,7 +14,8 @@ every method from the same initial means and gives them the same minibatches, th
 (common random numbers: the weight noise and permutations are drawn once per seed) and the same
 evaluation keys, so SGM - MFVI differences are paired. The train and evaluate programs of all
 widths are compiled ahead of time (``compile_workers`` threads) before any of them runs; a width's
-seeds train in up to ``train_workers`` equal blocks at once, one thread each (the same runs bit for bit).
+seeds train in up to ``train_workers`` equal blocks at once, one thread each (for the Table 1 config's 2
+blocks of 5 seeds, the one call's runs bit for bit; see ``_seed_blocks`` for other block sizes).
 ``eval_xla_optimization_level`` (null: XLA's default) compiles the evaluate programs at that XLA
 backend optimisation level: at 1 the width-30 program compiled 2.4x faster and ran 1.01x as long
 (``benchmarks/table1_opt_level.py``), but it rounds differently in the last bits (the whole Table 1
@@ -398,9 +399,11 @@ def _compile_programs(config: Config, train, test, ood, methods, seed_keys):
 
 def _seed_blocks(num_seeds: int, train_workers: int) -> int:
     """How many equal blocks a width's seeds train in: the most, up to ``train_workers``, that divide
-    ``num_seeds`` into blocks of at least 2 seeds (1: one call). A block of one seed compiles to another
-    program (its seed axis of size 1 is squeezed) whose runs differ from the one-call runs in the last
-    bits; blocks of 2 or more gave the one-call runs bit for bit (``benchmarks/mnist_bitwise.py``)."""
+    ``num_seeds`` into blocks of at least 2 seeds (1: one call). The block size changes the compiled program,
+    which may round differently: 2 blocks of 5 of 10 seeds (the Table 1 config) and 2 blocks of 2 of 4 seeds
+    gave the one-call runs bit for bit (``benchmarks/mnist_bitwise.py``, ``benchmarks/train_blocks.py``), but
+    5 blocks of 2 of 10 seeds at width 30 did not (last bits; 0.72x the one call's time against 0.81x), nor
+    do blocks of one seed (their seed axis of size 1 is squeezed), which are never used."""
     for blocks in range(min(train_workers, num_seeds // 2), 1, -1):
         if num_seeds % blocks == 0:
             return blocks
@@ -411,8 +414,8 @@ def _train_blocks(train_fn, seed_keys, data, workers: int, num_methods: int):
     """``train_fn(seed_keys, *data)``, with the seeds split into ``workers`` equal blocks trained at once
     from as many threads and their runs put back method-major (run r = method r // S, seed r % S).
 
-    Each seed's runs are the same lanes of the same program whichever block holds them, so the
-    results are bitwise those of one call (checked by ``benchmarks/mnist_bitwise.py``); two blocks
+    Each seed's runs are the same lanes of a program whichever block holds them; whether that program
+    rounds as the one call's depends on the block size (``_seed_blocks``). Two blocks
     let XLA:CPU keep both cores busy on the small per-step ops of a width's 40 lanes
     (benchmarks/RESULTS.md, "One width's evaluation, compilation and training step, profiled").
     """
