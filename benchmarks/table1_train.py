@@ -21,18 +21,25 @@ from _harness import markdown_table, parser, write_json
 from table1_eval import _timed
 
 
+def train_setup(width: int, num_train: int):
+    """configs/mnist_table1.yaml at one width on the first ``num_train`` MNIST images for one epoch: the
+    mnist module, the config, the training data on the device and the seed keys."""
+    from symvi_jax.experiments import base, mnist
+
+    overrides = {"widths": (width,), "num_train": num_train, "num_epochs": 1}
+    config = base.load_config(mnist.Config, "configs/mnist_table1.yaml", overrides)
+    x_train, y_train, *_ = mnist._load(config)
+    return mnist, config, jax.device_put((x_train, y_train)), jax.random.split(jax.random.key(config.seed),
+                                                                               config.num_seeds)
+
+
 def main():
     p = parser(__doc__.splitlines()[0], "benchmarks/results/cpu/table1_train.json")
     p.add_argument("--width", type=int, default=30)
     p.add_argument("--num-train", type=int, default=3000)
     args = p.parse_args()
-    from symvi_jax.experiments import base, mnist
-
-    overrides = {"widths": (args.width,), "num_train": args.num_train, "num_epochs": 1}
-    config = base.load_config(mnist.Config, "configs/mnist_table1.yaml", overrides)
-    x_train, y_train, *_ = mnist._load(config)
-    data = jax.device_put((x_train, y_train))
-    seed_keys = jax.random.split(jax.random.key(config.seed), config.num_seeds)
+    mnist, config, data, seed_keys = train_setup(args.width, args.num_train)
+    x_train = data[0]
     steps = len(x_train) // config.batch_size
     contenders, runs, outputs = {}, {}, {}
     for label, methods in (("Table 1 program, 4 methods", config.methods), ("MFVI alone", ("mfvi",)),

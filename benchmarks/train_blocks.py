@@ -13,6 +13,7 @@ import jax
 import numpy as np
 
 from _harness import interleaved_medians, markdown_table, parser, write_json
+from table1_train import train_setup
 
 WORKERS = (1, 2, 5)
 
@@ -22,17 +23,11 @@ def main():
     p.add_argument("--width", type=int, default=30)
     p.add_argument("--num-train", type=int, default=3000)
     args = p.parse_args()
-    from symvi_jax.experiments import base, mnist
-
-    overrides = {"widths": (args.width,), "num_train": args.num_train, "num_epochs": 1}
-    config = base.load_config(mnist.Config, "configs/mnist_table1.yaml", overrides)
-    x_train, y_train, *_ = mnist._load(config)
-    data = jax.device_put((x_train, y_train))
-    seeds = jax.random.split(jax.random.key(config.seed), config.num_seeds)
+    mnist, config, data, seeds = train_setup(args.width, args.num_train)
     methods = [mnist._method_k(m, 20) for m in config.methods]
     fns, outputs = {}, {}
     for workers in WORKERS:
-        train_fn = mnist._train_program(config, args.width, len(x_train), x_train.shape[1], methods)[0]
+        train_fn = mnist._train_program(config, args.width, data[0].shape[0], data[0].shape[1], methods)[0]
         compiled = train_fn.lower(seeds[: config.num_seeds // workers], *data).compile()
         fns[workers] = (lambda c=compiled, w=workers: mnist._train_blocks(c, seeds, data, w, len(methods)))
         outputs[workers] = jax.device_get(fns[workers]())
