@@ -27,6 +27,7 @@ from typing import NamedTuple, Optional, Union
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.extend.random import threefry2x32_p
 
 from symvi_jax import _checks
 from symvi_jax.types import Array, ArrayLike, ArrayTree, PRNGKey
@@ -107,11 +108,58 @@ def scale(q: MeanFieldState) -> ArrayTree:
     return jax.tree.map(lambda r: SCALE_FLOOR + jax.nn.softplus(r), q.raw_scale)
 
 
+def _threefry_key_data(keys: Array) -> Optional[Array]:
+    """The ``(n, 2)`` uint32 data of threefry keys (typed or raw), or None for another generator."""
+    if jnp.issubdtype(keys.dtype, jax.dtypes.prng_key):
+        return jax.random.key_data(keys) if str(jax.random.key_impl(keys)) == "threefry2x32" else None
+    return keys if jax.config.jax_default_prng_impl == "threefry2x32" else None
+
+
+def _one_op_normals_apply(keys: Array, shapes, dtypes) -> bool:
+    """Whether :func:`_one_op_normals` reproduces ``jax.random.normal`` for these keys and shapes."""
+    return (
+        bool(jax.config.jax_threefry_partitionable)
+        and _threefry_key_data(keys) is not None
+        and all(jnp.dtype(d) == jnp.float32 for d in dtypes)
+        and all(math.prod(s) < 2**32 for s in shapes)
+    )
+
+
+def _one_op_normals(keys: Array, shapes) -> list:
+    """``[jax.random.normal(k, s) for k, s in zip(keys, shapes)]`` (float32), bit for bit, as one op.
+
+    jax's partitionable threefry draws entry c (flat index) of ``normal(k, shape)`` from the bits
+    b = x1 ^ x2 of (x1, x2) = threefry2x32(k, (0, c)), as u = max(lo, (f - 1)(1 - lo) + lo) with
+    f = the float in [1, 2) whose mantissa is b's top 23 bits and lo = nextafter(-1, 0), then
+    sqrt(2) erfinv(u). Concatenating every leaf's (key, counter) pairs draws all leaves with one
+    elementwise threefry instead of one per leaf: fewer ops per step for the same numbers
+    (``tests/test_meanfield.py`` checks them bit for bit against ``jax.random.normal``; issue 15 (a)
+    in benchmarks/RESULTS.md measures the step).
+    """
+    data = _threefry_key_data(keys)
+    sizes = [math.prod(s) for s in shapes]
+    k1 = jnp.concatenate([jnp.broadcast_to(data[i, 0], (n,)) for i, n in enumerate(sizes)])
+    k2 = jnp.concatenate([jnp.broadcast_to(data[i, 1], (n,)) for i, n in enumerate(sizes)])
+    counter = jnp.concatenate([jax.lax.iota(jnp.uint32, n) for n in sizes])
+    x1, x2 = threefry2x32_p.bind(k1, k2, jnp.zeros_like(counter), counter)
+    f32 = np.float32
+    mantissa = jax.lax.shift_right_logical(x1 ^ x2, np.uint32(32 - np.finfo(f32).nmant))
+    floats = jax.lax.bitcast_convert_type(mantissa | np.array(1.0, f32).view(np.uint32), f32) - f32(1.0)
+    lo, hi = np.nextafter(f32(-1.0), f32(0.0), dtype=f32), f32(1.0)
+    u = jax.lax.max(lo, floats * (hi - lo) + lo)
+    z = jax.lax.mul(f32(np.sqrt(2)), jax.lax.erf_inv(u))
+    offsets = np.cumsum([0] + sizes)
+    return [z[a:b].reshape(s) for a, b, s in zip(offsets[:-1], offsets[1:], shapes)]
+
+
 def sample(rng_key: PRNGKey, q: MeanFieldState, num_samples: Optional[int] = None) -> ArrayTree:
     """Reparameterised draws w = mu + sigma * eps, eps ~ N(0, I).
 
     Returns one params tree, or a tree with a leading axis of ``num_samples`` draws. The draws are
-    differentiable with respect to ``q``.
+    differentiable with respect to ``q``. Leaf i's eps is ``jax.random.normal(split(rng_key)[i])``;
+    a single draw (a training step's) of float32 leaves under threefry keys computes every leaf's
+    eps in one op (the same bits), while several draws keep one call per leaf, whose compiled
+    programs round mu + sigma eps as the quoted results did (XLA fuses the two layouts differently).
     """
     _checks.mean_field_state(q)
     if num_samples is not None and (not _checks.is_int(num_samples) or num_samples < 1):
@@ -119,7 +167,11 @@ def sample(rng_key: PRNGKey, q: MeanFieldState, num_samples: Optional[int] = Non
     leaves, treedef = jax.tree.flatten(q.loc)
     keys = jax.random.split(rng_key, len(leaves))
     lead = () if num_samples is None else (num_samples,)
-    noise = [jax.random.normal(k, lead + jnp.shape(x), dtype=x.dtype) for k, x in zip(keys, leaves)]
+    shapes = [lead + jnp.shape(x) for x in leaves]
+    if num_samples in (None, 1) and _one_op_normals_apply(keys, shapes, [x.dtype for x in leaves]):
+        noise = _one_op_normals(keys, shapes)
+    else:
+        noise = [jax.random.normal(k, s, dtype=x.dtype) for k, s, x in zip(keys, shapes, leaves)]
     noise = jax.tree.unflatten(treedef, noise)
     return jax.tree.map(lambda m, s, e: m + s * e, q.loc, scale(q), noise)
 

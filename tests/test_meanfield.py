@@ -113,3 +113,48 @@ def test_functions_jit(q, next_key):
     w = jax.jit(meanfield.sample, static_argnums=2)(next_key(), q, 2)
     assert np.isfinite(jax.jit(meanfield.log_prob)(q, w)).all()
     assert np.isfinite(jax.jit(meanfield.kl_to_normal)(q, 1.0))
+
+
+SHAPES = [(3, 4), (4,), (4, 2), (2,), (1,), (784, 30), (7, 3, 5)]
+
+
+@pytest.mark.parametrize("make_key", [jax.random.key, jax.random.PRNGKey], ids=["typed", "raw"])
+def test_one_op_normals_are_jax_random_normal_bit_for_bit(make_key):
+    # the single-draw path of ``sample`` draws every leaf with one threefry op; its numbers must be
+    # exactly those of one jax.random.normal call per leaf, jitted, eager and under vmap over keys
+    def per_leaf(key):
+        return [jax.random.normal(k, s) for k, s in zip(jax.random.split(key, len(SHAPES)), SHAPES)]
+
+    def one_op(key):
+        keys = jax.random.split(key, len(SHAPES))
+        assert meanfield._one_op_normals_apply(keys, SHAPES, [jnp.float32] * len(SHAPES))
+        return meanfield._one_op_normals(keys, SHAPES)
+
+    for seed in (0, 1, 12345):
+        key = make_key(seed)
+        for a, b, c in zip(jax.jit(one_op)(key), jax.jit(per_leaf)(key), per_leaf(key)):
+            np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+            np.testing.assert_array_equal(np.asarray(a), np.asarray(c))
+    keys = jax.vmap(make_key)(jnp.arange(3))
+    for a, b in zip(jax.jit(jax.vmap(one_op))(keys), jax.jit(jax.vmap(per_leaf))(keys)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_sample_draws_leaf_i_from_the_ith_split_key(q, next_key):
+    # w = mu + sigma * eps with eps_i = normal(split(key)[i]), on the one-op path (one draw) and the
+    # per-leaf path (several draws, and a generator other than threefry)
+    key = next_key()
+    leaves = jax.tree.leaves(q.loc)
+    keys = jax.random.split(key, len(leaves))
+    sigma = jax.tree.leaves(meanfield.scale(q))
+    for num_samples in (None, 1, 3):
+        lead = () if num_samples is None else (num_samples,)
+        w = jax.tree.leaves(jax.jit(lambda k, q: meanfield.sample(k, q, num_samples))(key, q))
+        for x, m, s, k in zip(w, leaves, sigma, keys):
+            np.testing.assert_allclose(x, m + s * jax.random.normal(k, lead + m.shape), rtol=1e-6, atol=1e-7)
+    rbg = jax.random.key(3, impl="rbg")
+    assert not meanfield._one_op_normals_apply(jax.random.split(rbg, 2), [(2,), (3,)], [jnp.float32] * 2)
+    w = jax.tree.leaves(meanfield.sample(rbg, q))
+    for x, m, s, k in zip(w, leaves, sigma, jax.random.split(rbg, len(leaves))):
+        np.testing.assert_allclose(x, m + s * jax.random.normal(k, m.shape), rtol=1e-6, atol=1e-7)
+    assert not meanfield._one_op_normals_apply(keys, [(2,)], [jnp.float16])
