@@ -115,17 +115,7 @@ def _threefry_key_data(keys: Array) -> Optional[Array]:
     return keys if jax.config.jax_default_prng_impl == "threefry2x32" else None
 
 
-def _one_op_normals_apply(keys: Array, shapes, dtypes) -> bool:
-    """Whether :func:`_one_op_normals` reproduces ``jax.random.normal`` for these keys and shapes."""
-    return (
-        bool(jax.config.jax_threefry_partitionable)
-        and _threefry_key_data(keys) is not None
-        and all(jnp.dtype(d) == jnp.float32 for d in dtypes)
-        and all(math.prod(s) < 2**32 for s in shapes)
-    )
-
-
-def _one_op_normals(keys: Array, shapes) -> list:
+def _one_op_normals(data: Array, shapes) -> list:
     """``[jax.random.normal(k, s) for k, s in zip(keys, shapes)]`` (float32), bit for bit, as one op.
 
     jax's partitionable threefry draws entry c (flat index) of ``normal(k, shape)`` from the bits
@@ -133,10 +123,9 @@ def _one_op_normals(keys: Array, shapes) -> list:
     f = the float in [1, 2) whose mantissa is b's top 23 bits and lo = nextafter(-1, 0), then
     sqrt(2) erfinv(u). Concatenating every leaf's (key, counter) pairs draws all leaves with one
     elementwise threefry instead of one per leaf: fewer ops per step for the same numbers
-    (``tests/test_meanfield.py`` checks them bit for bit against ``jax.random.normal``; issue 15 (a)
-    in benchmarks/RESULTS.md measures the step).
+    (``tests/test_meanfield.py`` checks them bit for bit against ``jax.random.normal``).
+    ``data``: the keys' ``(n, 2)`` uint32 data (:func:`_threefry_key_data`).
     """
-    data = _threefry_key_data(keys)
     sizes = [math.prod(s) for s in shapes]
     k1 = jnp.concatenate([jnp.broadcast_to(data[i, 0], (n,)) for i, n in enumerate(sizes)])
     k2 = jnp.concatenate([jnp.broadcast_to(data[i, 1], (n,)) for i, n in enumerate(sizes)])
@@ -152,14 +141,36 @@ def _one_op_normals(keys: Array, shapes) -> list:
     return [z[a:b].reshape(s) for a, b, s in zip(offsets[:-1], offsets[1:], shapes)]
 
 
+# leaves of at least this many entries keep their own normal call: one op for them all would carry
+# every entry's key through threefry's rounds (benchmarks/RESULTS.md, "One-op normals")
+_ONE_OP_MAX_SIZE = 4096
+
+
+def _leaf_normals(keys: Array, shapes, dtypes, single_draw: bool) -> list:
+    """``jax.random.normal(keys[i], shapes[i], dtypes[i])`` for every leaf i, bit for bit.
+
+    For a single draw under partitionable threefry keys, the float32 leaves smaller than
+    ``_ONE_OP_MAX_SIZE`` are drawn together by :func:`_one_op_normals`; every other leaf (and
+    every leaf of several draws, see :func:`sample`) by its own call.
+    """
+    data = _threefry_key_data(keys) if single_draw and jax.config.jax_threefry_partitionable else None
+    small = [] if data is None else [i for i, (s, d) in enumerate(zip(shapes, dtypes))
+                                     if math.prod(s) < _ONE_OP_MAX_SIZE and jnp.dtype(d) == jnp.float32]
+    together = {}
+    if len(small) > 1:
+        together = dict(zip(small, _one_op_normals(data[np.asarray(small)], [shapes[i] for i in small])))
+    return [together[i] if i in together else jax.random.normal(k, s, dtype=d)
+            for i, (k, s, d) in enumerate(zip(keys, shapes, dtypes))]
+
+
 def sample(rng_key: PRNGKey, q: MeanFieldState, num_samples: Optional[int] = None) -> ArrayTree:
     """Reparameterised draws w = mu + sigma * eps, eps ~ N(0, I).
 
     Returns one params tree, or a tree with a leading axis of ``num_samples`` draws. The draws are
     differentiable with respect to ``q``. Leaf i's eps is ``jax.random.normal(split(rng_key)[i])``;
-    a single draw (a training step's) of float32 leaves under threefry keys computes every leaf's
-    eps in one op (the same bits), while several draws keep one call per leaf, whose compiled
-    programs round mu + sigma eps as the quoted results did (XLA fuses the two layouts differently).
+    a single draw (a training step's) computes the small leaves' eps in one op (the same bits:
+    :func:`_leaf_normals`), while several draws keep one call per leaf, whose compiled programs
+    round mu + sigma eps as the quoted results did (XLA fuses the two layouts differently).
     """
     _checks.mean_field_state(q)
     if num_samples is not None and (not _checks.is_int(num_samples) or num_samples < 1):
@@ -168,10 +179,7 @@ def sample(rng_key: PRNGKey, q: MeanFieldState, num_samples: Optional[int] = Non
     keys = jax.random.split(rng_key, len(leaves))
     lead = () if num_samples is None else (num_samples,)
     shapes = [lead + jnp.shape(x) for x in leaves]
-    if num_samples in (None, 1) and _one_op_normals_apply(keys, shapes, [x.dtype for x in leaves]):
-        noise = _one_op_normals(keys, shapes)
-    else:
-        noise = [jax.random.normal(k, s, dtype=x.dtype) for k, s, x in zip(keys, shapes, leaves)]
+    noise = _leaf_normals(keys, shapes, [x.dtype for x in leaves], single_draw=num_samples in (None, 1))
     noise = jax.tree.unflatten(treedef, noise)
     return jax.tree.map(lambda m, s, e: m + s * e, q.loc, scale(q), noise)
 

@@ -126,15 +126,18 @@ def test_one_op_normals_are_jax_random_normal_bit_for_bit(make_key):
         return [jax.random.normal(k, s) for k, s in zip(jax.random.split(key, len(SHAPES)), SHAPES)]
 
     def one_op(key):
-        keys = jax.random.split(key, len(SHAPES))
-        assert meanfield._one_op_normals_apply(keys, SHAPES, [jnp.float32] * len(SHAPES))
-        return meanfield._one_op_normals(keys, SHAPES)
+        data = meanfield._threefry_key_data(jax.random.split(key, len(SHAPES)))
+        return meanfield._one_op_normals(data, SHAPES)
+
+    def leaf_normals(key):  # the small leaves together, (784, 30) on its own
+        return meanfield._leaf_normals(jax.random.split(key, len(SHAPES)), SHAPES, [jnp.float32] * len(SHAPES), True)
 
     for seed in (0, 1, 12345):
         key = make_key(seed)
-        for a, b, c in zip(jax.jit(one_op)(key), jax.jit(per_leaf)(key), per_leaf(key)):
+        for a, b, c, d in zip(jax.jit(one_op)(key), jax.jit(per_leaf)(key), per_leaf(key), jax.jit(leaf_normals)(key)):
             np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
             np.testing.assert_array_equal(np.asarray(a), np.asarray(c))
+            np.testing.assert_array_equal(np.asarray(a), np.asarray(d))
     keys = jax.vmap(make_key)(jnp.arange(3))
     for a, b in zip(jax.jit(jax.vmap(one_op))(keys), jax.jit(jax.vmap(per_leaf))(keys)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
@@ -153,8 +156,7 @@ def test_sample_draws_leaf_i_from_the_ith_split_key(q, next_key):
         for x, m, s, k in zip(w, leaves, sigma, keys):
             np.testing.assert_allclose(x, m + s * jax.random.normal(k, lead + m.shape), rtol=1e-6, atol=1e-7)
     rbg = jax.random.key(3, impl="rbg")
-    assert not meanfield._one_op_normals_apply(jax.random.split(rbg, 2), [(2,), (3,)], [jnp.float32] * 2)
+    assert meanfield._threefry_key_data(jax.random.split(rbg, 2)) is None
     w = jax.tree.leaves(meanfield.sample(rbg, q))
     for x, m, s, k in zip(w, leaves, sigma, jax.random.split(rbg, len(leaves))):
         np.testing.assert_allclose(x, m + s * jax.random.normal(k, m.shape), rtol=1e-6, atol=1e-7)
-    assert not meanfield._one_op_normals_apply(keys, [(2,)], [jnp.float16])
