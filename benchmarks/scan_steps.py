@@ -4,7 +4,9 @@
     (lr 1e-2), one reparameterised draw per step, 2000 full-batch steps in one ``lax.scan``, each
     library with its defaults (symvi-jax: closed-form KL, gradient norm in the info; BlackJAX:
     Monte Carlo KL on the same draw). A third contender measures a lever: symvi-jax's step with
-    the weight noise drawn by one RNG call for all leaves (as BlackJAX does) instead of one per leaf.
+    the weight noise drawn by one ``normal`` call on the flattened parameters (as BlackJAX does:
+    other random numbers). symvi-jax itself draws the small leaves' noise with one threefry op
+    that gives each leaf's own ``normal`` bits (``meanfield._one_op_normals``).
 (b) 784 -> 30 -> 10 ReLU, batch 100, K = 20 InfoNCE, 300 steps: one epoch of ``vi.run`` over
     30,000 random MNIST-shaped points, symmetrized against standard.
 
