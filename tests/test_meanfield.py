@@ -160,3 +160,14 @@ def test_sample_draws_leaf_i_from_the_ith_split_key(q, next_key):
     w = jax.tree.leaves(meanfield.sample(rbg, q))
     for x, m, s, k in zip(w, leaves, sigma, jax.random.split(rbg, len(leaves))):
         np.testing.assert_allclose(x, m + s * jax.random.normal(k, m.shape), rtol=1e-6, atol=1e-7)
+
+
+def test_sample_without_partitionable_threefry_keeps_one_call_per_leaf(q, next_key):
+    # the one op reproduces the partitionable layout only; with the older layout every leaf keeps
+    # its own jax.random.normal call, whose numbers differ from the partitionable ones
+    key = next_key()
+    leaves = jax.tree.leaves(q.loc)
+    with jax.threefry_partitionable(False):
+        w = jax.tree.leaves(jax.jit(meanfield.sample)(key, q))
+        for x, m, s, k in zip(w, leaves, jax.tree.leaves(meanfield.scale(q)), jax.random.split(key, len(leaves))):
+            np.testing.assert_allclose(x, m + s * jax.random.normal(k, m.shape), rtol=1e-6, atol=1e-7)
