@@ -12,6 +12,7 @@ rho are sigmoid(rho) in (0, 1).
 Functions (all pure, jit- and vmap-able):
   init(params, *, init_scale)             -> MeanFieldState
   scale(q)                                -> sigma tree
+  standard_normal(rng_key, shape)         -> jax.random.normal's numbers, a smaller program
   sample(rng_key, q, num_samples)         -> params tree with a leading num_samples axis
   log_prob(q, params)                     -> log q(w), summed over all leaves
   entropy(q)                              -> H(q) = sum_i 0.5 log(2 pi e sigma_i^2)
@@ -38,6 +39,7 @@ __all__ = [
     "init",
     "normal",
     "scale",
+    "standard_normal",
     "sample",
     "log_prob",
     "entropy",
@@ -131,14 +133,43 @@ def _one_op_normals(data: Array, shapes) -> list:
     k2 = jnp.concatenate([jnp.broadcast_to(data[i, 1], (n,)) for i, n in enumerate(sizes)])
     counter = jnp.concatenate([jax.lax.iota(jnp.uint32, n) for n in sizes])
     x1, x2 = threefry2x32_p.bind(k1, k2, jnp.zeros_like(counter), counter)
+    z = _normals_from_bits(x1 ^ x2)
+    offsets = np.cumsum([0] + sizes)
+    return [z[a:b].reshape(s) for a, b, s in zip(offsets[:-1], offsets[1:], shapes)]
+
+
+def _normals_from_bits(bits: Array) -> Array:
+    """jax.random.normal's float32 map of its uint32 bits: sqrt(2) erfinv(max(lo, (f - 1)(1 - lo) + lo))."""
     f32 = np.float32
-    mantissa = jax.lax.shift_right_logical(x1 ^ x2, np.uint32(32 - np.finfo(f32).nmant))
+    mantissa = jax.lax.shift_right_logical(bits, np.uint32(32 - np.finfo(f32).nmant))
     floats = jax.lax.bitcast_convert_type(mantissa | np.array(1.0, f32).view(np.uint32), f32) - f32(1.0)
     lo, hi = np.nextafter(f32(-1.0), f32(0.0), dtype=f32), f32(1.0)
     u = jax.lax.max(lo, floats * (hi - lo) + lo)
-    z = jax.lax.mul(f32(np.sqrt(2)), jax.lax.erf_inv(u))
-    offsets = np.cumsum([0] + sizes)
-    return [z[a:b].reshape(s) for a, b, s in zip(offsets[:-1], offsets[1:], shapes)]
+    return jax.lax.mul(f32(np.sqrt(2)), jax.lax.erf_inv(u))
+
+
+def standard_normal(rng_key: PRNGKey, shape, dtype=jnp.float32) -> Array:
+    """``jax.random.normal(rng_key, shape, dtype)``, bit for bit, with a smaller compiled program.
+
+    Under partitionable threefry (jax's default) entry c of the draw, c its flat index, comes from
+    threefry2x32(key, (0, c)) whatever the shape. This draws the bits with a flat counter and
+    reshapes them *before* they become floats, so the float map (and whatever XLA fuses into it)
+    is the same program as jax's: the numbers are equal bit for bit, while an N-d shape's counter
+    arithmetic is gone. A (50, 30, 10) draw compiled in 0.2 s instead of 1.4 s on the 2-core CPU
+    (benchmarks/RESULTS.md, "Flat-counter normals"). Mapping the floats flat and reshaping them
+    afterwards would not do: XLA then rounds mu + sigma eps differently for some shapes.
+    Other generators, dtypes and layouts call ``jax.random.normal``.
+    """
+    shape = tuple(int(n) for n in shape)
+    size = math.prod(shape)
+    key = rng_key[None] if jnp.issubdtype(rng_key.dtype, jax.dtypes.prng_key) else jnp.reshape(rng_key, (1, -1))
+    data = _threefry_key_data(key) if jax.config.jax_threefry_partitionable else None
+    if data is None or jnp.dtype(dtype) != jnp.float32 or not 0 < size < 2**32:
+        return jax.random.normal(rng_key, shape, dtype=dtype)
+    counter = jax.lax.iota(jnp.uint32, size)
+    x1, x2 = threefry2x32_p.bind(jnp.broadcast_to(data[0, 0], (size,)), jnp.broadcast_to(data[0, 1], (size,)),
+                                 jnp.zeros_like(counter), counter)
+    return _normals_from_bits((x1 ^ x2).reshape(shape))
 
 
 # leaves of at least this many entries keep their own normal call: one op for them all would carry
@@ -151,7 +182,7 @@ def _leaf_normals(keys: Array, shapes, dtypes, single_draw: bool) -> list:
 
     For a single draw under partitionable threefry keys, the float32 leaves smaller than
     ``_ONE_OP_MAX_SIZE`` are drawn together by :func:`_one_op_normals`; every other leaf (and
-    every leaf of several draws, see :func:`sample`) by its own call.
+    every leaf of several draws, see :func:`sample`) by its own :func:`standard_normal` call.
     """
     data = _threefry_key_data(keys) if single_draw and jax.config.jax_threefry_partitionable else None
     small = [] if data is None else [i for i, (s, d) in enumerate(zip(shapes, dtypes))
@@ -159,7 +190,7 @@ def _leaf_normals(keys: Array, shapes, dtypes, single_draw: bool) -> list:
     together = {}
     if len(small) > 1:
         together = dict(zip(small, _one_op_normals(data[np.asarray(small)], [shapes[i] for i in small])))
-    return [together[i] if i in together else jax.random.normal(k, s, dtype=d)
+    return [together[i] if i in together else standard_normal(k, s, dtype=d)
             for i, (k, s, d) in enumerate(zip(keys, shapes, dtypes))]
 
 

@@ -147,7 +147,7 @@ def local_predictive_probs(rng_key, q, inputs, *, num_samples: int, chunk_size: 
 
     def body(total, key):
         key_eps, key_rest = jax.random.split(key)
-        eps = jax.random.normal(key_eps, (chunk_size, mean.shape[1]), dtype=mean.dtype)
+        eps = meanfield.standard_normal(key_eps, (chunk_size, mean.shape[1]), dtype=mean.dtype)
         rest = meanfield.sample(key_rest, rest_q, chunk_size)
 
         def one(eps_s, rest_s):

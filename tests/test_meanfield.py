@@ -171,3 +171,37 @@ def test_sample_without_partitionable_threefry_keeps_one_call_per_leaf(q, next_k
         w = jax.tree.leaves(jax.jit(meanfield.sample)(key, q))
         for x, m, s, k in zip(w, leaves, jax.tree.leaves(meanfield.scale(q)), jax.random.split(key, len(leaves))):
             np.testing.assert_allclose(x, m + s * jax.random.normal(k, m.shape), rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("make_key", [jax.random.key, jax.random.PRNGKey], ids=["typed", "raw"])
+def test_standard_normal_is_jax_random_normal_bit_for_bit(make_key):
+    # the flat counter's bits, reshaped before the float map: jax.random.normal's numbers exactly,
+    # also as mu + sigma eps for several draws (where mapping the floats flat rounded differently)
+    for shape in [(3,), (784, 30), (50, 30, 10), (64, 30)]:
+        mu = jax.random.normal(jax.random.key(5), shape[1:]) if len(shape) > 1 else 0.3  # one mean per draw's entry
+        sigma = 0.7
+        for seed in (0, 12345):
+            key = make_key(seed)
+            ours = jax.jit(lambda k: meanfield.standard_normal(k, shape))(key)
+            np.testing.assert_array_equal(np.asarray(ours), np.asarray(jax.random.normal(key, shape)))
+            affine = lambda normal: jax.jit(lambda k, m: m + sigma * normal(k, shape))(key, mu)  # noqa: E731
+            np.testing.assert_array_equal(np.asarray(affine(meanfield.standard_normal)),
+                                          np.asarray(affine(jax.random.normal)))
+    keys = jax.vmap(make_key)(jnp.arange(3))
+    np.testing.assert_array_equal(np.asarray(jax.jit(jax.vmap(lambda k: meanfield.standard_normal(k, (4, 5))))(keys)),
+                                  np.asarray(jax.vmap(lambda k: jax.random.normal(k, (4, 5)))(keys)))
+
+
+def test_standard_normal_falls_back_to_jax_random_normal():
+    # other generators, dtypes and the non-partitionable layout: jax.random.normal itself
+    rbg = jax.random.key(3, impl="rbg")
+    np.testing.assert_array_equal(np.asarray(meanfield.standard_normal(rbg, (4, 3))),
+                                  np.asarray(jax.random.normal(rbg, (4, 3))))
+    key = jax.random.key(4)
+    half = meanfield.standard_normal(key, (5,), jnp.float16)
+    assert half.dtype == jnp.float16
+    np.testing.assert_array_equal(np.asarray(half), np.asarray(jax.random.normal(key, (5,), jnp.float16)))
+    with jax.threefry_partitionable(False):
+        np.testing.assert_array_equal(np.asarray(jax.jit(lambda k: meanfield.standard_normal(k, (6, 7)))(key)),
+                                      np.asarray(jax.random.normal(key, (6, 7))))
+    assert meanfield.standard_normal(key, (0, 3)).shape == (0, 3)

@@ -276,7 +276,7 @@ def _train_program(config: Config, width: int, size: int, num_inputs: int, metho
         if config.init_loc_scale is not None:  # all means ~ N(0, c^2) instead of flax's lecun-normal init
             leaves, treedef = jax.tree.flatten(params)
             leaf_keys = jax.random.split(jax.random.fold_in(key_init, 1), len(leaves))
-            params = jax.tree.unflatten(treedef, [config.init_loc_scale * jax.random.normal(k, x.shape, x.dtype)
+            params = jax.tree.unflatten(treedef, [config.init_loc_scale * meanfield.standard_normal(k, x.shape, x.dtype)
                                                   for k, x in zip(leaf_keys, leaves)])
         states = jax.vmap(lambda k, w: build(k, w).init(params))(ks, weights)
 
