@@ -167,8 +167,7 @@ def standard_normal(rng_key: PRNGKey, shape, dtype=jnp.float32) -> Array:
     if data is None or jnp.dtype(dtype) != jnp.float32 or not 0 < size < 2**32:
         return jax.random.normal(rng_key, shape, dtype=dtype)
     counter = jax.lax.iota(jnp.uint32, size)
-    x1, x2 = threefry2x32_p.bind(jnp.broadcast_to(data[0, 0], (size,)), jnp.broadcast_to(data[0, 1], (size,)),
-                                 jnp.zeros_like(counter), counter)
+    x1, x2 = threefry2x32_p.bind(data[0, 0], data[0, 1], jnp.zeros_like(counter), counter)  # the key as scalars
     return _normals_from_bits((x1 ^ x2).reshape(shape))
 
 
