@@ -227,21 +227,30 @@ def _paired_ratios_bwd(residuals, g):
     #   D = sum_k g_k delta_k,  Q = sum_k g_k delta_k^2,
     #   B_j = sum_k g_k s_k(i) a_i (s_k(i) x_j - loc_i) at i = p_k^{-1}(j),
     # then d_x = -B + a r G, d_loc = a D, d_a = -Q / 2 - r D, with G = sum_k g_k.
+    # A unit that assignment k leaves in its own slot with its sign (delta_k = 0 identically) does not
+    # enter t_k: its B and G terms cancel exactly in real arithmetic, but -B + a r G rounds (an FMA),
+    # so both are left out for it. Where such a draw has weight g_k != 0 (an identity draw of a small
+    # group), G_j is the weight of the draws that move unit j; elsewhere G = sum_k g_k as before.
     x, loc, precision, p, s = residuals
     inv = _inverse_rows(p)
     r = x - loc
+    units = jnp.arange(x.shape[0], dtype=p.dtype)
 
     def body(carry, xs):
-        d1, q2, b = carry
+        d1, q2, b, moved_weight, kept_with_weight = carry
         pk, sk, ik, gk = xs
         delta = sk[:, None] * x[pk] - x
-        s_back = sk[ik][:, None]
-        back = s_back * precision[ik] * (s_back * x - loc[ik])
-        return (d1 + gk * delta, q2 + gk * jnp.square(delta), b + gk * back), None
+        s_back = sk[ik]
+        kept = (ik == units) & (s_back == 1)
+        back = s_back[:, None] * precision[ik] * (s_back[:, None] * x - loc[ik])
+        return (d1 + gk * delta, q2 + gk * jnp.square(delta), b + gk * jnp.where(kept[:, None], 0.0, back),
+                moved_weight + jnp.where(kept, 0.0, gk), kept_with_weight | (kept & (gk != 0))), None
 
     zeros = jnp.zeros_like(x)
-    (d1, q2, b), _ = jax.lax.scan(body, (zeros, zeros, zeros), (p, s, inv, g))
-    d_x = -b + precision * r * jnp.sum(g)
+    init = (zeros, zeros, zeros, jnp.zeros(x.shape[:1], x.dtype), jnp.zeros(x.shape[:1], bool))
+    (d1, q2, b, moved_weight, kept_with_weight), _ = jax.lax.scan(body, init, (p, s, inv, g))
+    weight = jnp.where(kept_with_weight, moved_weight, jnp.sum(g))
+    d_x = -b + precision * r * weight[:, None]
     d_loc = precision * d1
     d_precision = -0.5 * q2 - r * d1
     return d_x, d_loc, d_precision, None, None

@@ -79,3 +79,28 @@ def _tiny():
     group = WeightSymmetry.from_axes(params, {"h": [("w1", 1), ("b1", 0), ("w2", 0)]})
     q = meanfield.init(params, init_scale=0.1)
     return q, params, group.sample(jax.random.key(0), 2), group
+
+
+def test_units_an_assignment_keeps_in_place_get_exactly_zero_gradient():
+    # t_k does not depend on a unit that assignment k leaves in its slot with its sign (delta = 0
+    # identically), so draws that keep every unit (identity draws, whose InfoNCE weight is not 0)
+    # must add exactly 0 to the gradient, not an FMA's rounding residue: with the other draws'
+    # weights exactly 0 (the copies do not overlap), the methods of a seed then train the same q
+    # bit for bit (docs/mnist.md, "SGM - MFVI, stated plainly")
+    d, c = 5, 795
+    kx, km, ks = jax.random.split(jax.random.key(0), 3)
+    x = jax.random.normal(kx, (d, c))
+    loc = x + 0.01 * jax.random.normal(km, (d, c))
+    sigma = 0.01 + 0.01 * jax.random.uniform(ks, (d, c))
+    identity = jnp.arange(d)
+    index = jnp.stack([identity, jnp.array([1, 0, 2, 4, 3]), identity, jnp.array([0, 2, 1, 3, 4])])
+    weights = jnp.array([0.37, 0.0, 0.21, 0.0])  # only the identity draws carry weight
+    grads = jax.jit(jax.grad(lambda x, loc, sigma: jnp.sum(weights * units.assignment_log_ratio_terms(
+        x, loc, sigma, index)), argnums=(0, 1, 2)))(x, loc, sigma)
+    for g in grads:
+        np.testing.assert_array_equal(np.asarray(g), 0.0)
+    # a unit kept in place by a weighted draw that moves others: its gradient is the other draws' only
+    weights = jnp.array([0.0, 0.0, 0.0, 0.5])  # draw 3 swaps units 1 and 2, keeps 0, 3, 4
+    g_x = jax.jit(jax.grad(lambda x: jnp.sum(weights * units.assignment_log_ratio_terms(x, loc, sigma, index))))(x)
+    np.testing.assert_array_equal(np.asarray(g_x[jnp.array([0, 3, 4])]), 0.0)
+    assert np.all(np.abs(np.asarray(g_x[1:3])) > 0)
