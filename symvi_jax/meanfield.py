@@ -162,8 +162,10 @@ def standard_normal(rng_key: PRNGKey, shape, dtype=jnp.float32) -> Array:
     """
     shape = tuple(int(n) for n in shape)
     size = math.prod(shape)
-    key = rng_key[None] if jnp.issubdtype(rng_key.dtype, jax.dtypes.prng_key) else jnp.reshape(rng_key, (1, -1))
-    data = _threefry_key_data(key) if jax.config.jax_threefry_partitionable else None
+    typed = jnp.issubdtype(rng_key.dtype, jax.dtypes.prng_key)
+    single = jnp.shape(rng_key) == (() if typed else (2,))  # else jax.random.normal raises its own error
+    key = rng_key[None] if typed else jnp.reshape(rng_key, (1, -1))
+    data = _threefry_key_data(key) if single and jax.config.jax_threefry_partitionable else None
     if data is None or jnp.dtype(dtype) != jnp.float32 or not 0 < size < 2**32:
         return jax.random.normal(rng_key, shape, dtype=dtype)
     counter = jax.lax.iota(jnp.uint32, size)

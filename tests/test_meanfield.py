@@ -205,3 +205,5 @@ def test_standard_normal_falls_back_to_jax_random_normal():
         np.testing.assert_array_equal(np.asarray(jax.jit(lambda k: meanfield.standard_normal(k, (6, 7)))(key)),
                                       np.asarray(jax.random.normal(key, (6, 7))))
     assert meanfield.standard_normal(key, (0, 3)).shape == (0, 3)
+    with pytest.raises(ValueError, match="single key"):  # a batch of keys is refused, as by jax
+        meanfield.standard_normal(jax.random.split(key, 2), (2,))
