@@ -182,6 +182,28 @@ def test_train_blocks_put_the_runs_back_method_major():
         np.testing.assert_array_equal(a, b)
 
 
+def test_evaluate_distinct_evaluates_each_distinct_run_once_and_gives_every_run_its_metrics():
+    """Runs equal to an earlier one in q and key bit for bit copy its metrics; runs differing in a value
+    (run 3) or only in the key (run 4) are evaluated; the last call is filled up to the block size."""
+    loc = jnp.asarray([[1.0, 2.0], [3.0, 4.0], [1.0, 2.0], [3.0, 4.5], [1.0, 2.0]])
+    keys = jax.random.split(jax.random.key(0), 3)[jnp.asarray([0, 1, 0, 1, 2])]
+    evaluated = []
+
+    def evaluate_fn(q, run_keys, x):
+        evaluated.extend(np.asarray(q["w"]).tolist())
+        noise = jax.vmap(lambda k: jax.random.uniform(k))(run_keys)
+        return {"score": jnp.sum(q["w"], axis=1) * x + noise, "shape": jnp.zeros((q["w"].shape[0], 2))}
+
+    metrics, num_distinct = mnist._evaluate_distinct(evaluate_fn, {"w": loc}, keys, (2.0,), block=3)
+    direct = jax.device_get(evaluate_fn({"w": loc}, keys, 2.0))
+    assert num_distinct == 4
+    assert evaluated[:5] == [[1.0, 2.0], [3.0, 4.0], [3.0, 4.5], [1.0, 2.0], [1.0, 2.0]]  # runs 0, 1, 3, 4, 4 (fill)
+    assert len(evaluated) == 6 + 5  # two calls of 3, then the direct call above
+    for name in direct:
+        assert metrics[name].shape == direct[name].shape
+        np.testing.assert_array_equal(metrics[name], direct[name])
+
+
 def test_seed_blocks_are_equal_and_hold_two_seeds_or_more():
     assert [mnist._seed_blocks(s, 2) for s in (1, 2, 3, 4, 10)] == [1, 1, 1, 2, 2]
     assert [mnist._seed_blocks(s, 4) for s in (6, 8, 10, 12)] == [3, 4, 2, 4]
