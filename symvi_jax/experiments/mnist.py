@@ -406,10 +406,11 @@ def _compile_programs(config: Config, train, test, ood, methods, seed_keys):
 def _seed_blocks(num_seeds: int, train_workers: int) -> int:
     """How many equal blocks a width's seeds train in: the most, up to ``train_workers``, that divide
     ``num_seeds`` into blocks of at least 2 seeds (1: one call). The block size changes the compiled program,
-    which may round differently: 2 blocks of 5 of 10 seeds (the Table 1 config) and 2 blocks of 2 of 4 seeds
-    gave the one-call runs bit for bit (``benchmarks/mnist_bitwise.py``, ``benchmarks/train_blocks.py``), but
-    5 blocks of 2 of 10 seeds at width 30 did not (last bits; 0.72x the one call's time against 0.81x), nor
-    do blocks of one seed (their seed axis of size 1 is squeezed), which are never used."""
+    which may round differently: 2 blocks of 5 of 10 seeds and 2 blocks of 2 of 4 seeds gave the one-call
+    runs bit for bit (``benchmarks/mnist_bitwise.py``, ``benchmarks/train_blocks.py``), but 5 blocks of 2 of
+    10 seeds at width 30 (the Table 1 config) did not (last bits; 0.72x the one call's time against 0.81x),
+    nor do blocks of one seed (their seed axis of size 1 is squeezed), which are never used. A seed's methods
+    are lanes of one block whatever its size, so they stay paired."""
     for blocks in range(min(train_workers, num_seeds // 2), 1, -1):
         if num_seeds % blocks == 0:
             return blocks
