@@ -447,10 +447,10 @@ def _evaluate_distinct(evaluate_fn, q, run_keys, data, block: int):
     Runs whose trained q and evaluation key are equal bit for bit get equal metrics from the
     deterministic evaluate program, so only the first of them is evaluated and the others copy its
     metrics. With common random numbers that is every SGM run whose q equals its seed's MFVI q (all
-    of Table 1 at the paper's settings, docs/mnist.md), which cuts the evaluation 4-fold; runs that
+    of Table 1 at the paper's settings, docs/mnist.md), which cuts its evaluation 4-fold; runs that
     differ by a bit are all evaluated. ``evaluate_fn`` takes ``block`` runs per call (the compiled
-    shape); the last call is filled up with copies of its last run. Returns (metrics of every run as
-    numpy arrays, the number of distinct runs).
+    shape); the last call is filled up with copies of the last distinct run. Returns (metrics of every
+    run as numpy arrays, the number of distinct runs).
     """
     leaves = [np.asarray(x) for x in jax.tree.leaves(jax.device_get(q))]
     key_bits = np.asarray(jax.random.key_data(run_keys))
@@ -548,9 +548,11 @@ def run(config: Config, *, checkpoint_dir: Optional[str] = None, resume: bool = 
         metrics, num_distinct = _evaluate_distinct(evaluate_fn, q, run_keys, device_data[2:], config.num_seeds)
         t2 = time.perf_counter()
         timings.append((int(width), t1 - t0, t2 - t1))
-        print(f"[mnist] width {width}: trained {len(methods) * config.num_seeds} runs in {t1 - t0:.1f} s, "
-              f"evaluated in {t2 - t1:.1f} s ({num_distinct} distinct; every other run equals one of them "
-              "bit for bit, q and evaluation key)", file=sys.stderr, flush=True)
+        num_runs = len(methods) * config.num_seeds
+        copied = (f" ({num_distinct} distinct runs; the other {num_runs - num_distinct} equal one of them bit for "
+                  "bit in q and evaluation key)") if num_distinct < num_runs else ""
+        print(f"[mnist] width {width}: trained {num_runs} runs in {t1 - t0:.1f} s, evaluated in {t2 - t1:.1f} s"
+              + copied, file=sys.stderr, flush=True)
         width_rows = _width_rows(config, int(width), method_ks, stats, metrics, group, int(len(y_train)),
                                  None if ood is None else ood[0], (t1 - t0, t2 - t1))
         rows += width_rows
