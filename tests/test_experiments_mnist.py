@@ -202,6 +202,8 @@ def test_evaluate_distinct_evaluates_each_distinct_run_once_and_gives_every_run_
     for name in direct:
         assert metrics[name].shape == direct[name].shape
         np.testing.assert_array_equal(metrics[name], direct[name])
+    with pytest.raises(ValueError, match="one run per evaluation key"):
+        mnist._evaluate_distinct(evaluate_fn, {"w": loc[:4]}, keys, (2.0,), block=3)
 
 
 def test_seed_blocks_are_equal_and_hold_two_seeds_or_more():

@@ -454,6 +454,10 @@ def _evaluate_distinct(evaluate_fn, q, run_keys, data, block: int):
     """
     leaves = [np.asarray(x) for x in jax.tree.leaves(jax.device_get(q))]
     key_bits = np.asarray(jax.random.key_data(run_keys))
+    sizes = sorted({x.shape[0] for x in leaves})
+    if sizes != [key_bits.shape[0]]:
+        raise ValueError(f"q must hold one run per evaluation key along its leading axis: {key_bits.shape[0]} keys, "
+                         f"leading axes {sizes}")
     first, source = {}, []
     for r in range(key_bits.shape[0]):
         identity = (key_bits[r].tobytes(),) + tuple(x[r].tobytes() for x in leaves)
