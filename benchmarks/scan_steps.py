@@ -70,33 +70,22 @@ def flat_noise_sample(rng_key, q):
     return jax.tree.map(lambda m, s, e: m + s * e, q.loc, meanfield.scale(q), jax.tree.unflatten(treedef, noise))
 
 
-def flat_noise_loop():
-    """symvi-jax's step with the ELBO's weight draw replaced by :func:`flat_noise_sample` (same maths)."""
+def lever_loop(*, flat_noise: bool, vmap_sample: bool):
+    """symvi-jax's ELBO step (same maths) with its weight draw replaced by :func:`flat_noise_sample`
+    (``flat_noise``) and/or the network called through ``jax.vmap`` over a sample axis of size 1, as
+    BlackJAX calls it (``vmap_sample``; XLA:CPU then runs the kernel-gradient products differently,
+    which rounds differently)."""
     model, params, batch = small_problem()
     loglik = likelihoods.categorical(lambda p, x: model.apply({"params": p}, x))
 
     def objective(rng_key, q, batch):
-        expected_ll = NUM_POINTS * jnp.mean(loglik(flat_noise_sample(rng_key, q), batch))
-        kl = meanfield.kl_to_normal(q, 1.0)
-        zero = jnp.zeros_like(kl)
-        return expected_ll - kl, objectives.ObjectiveInfo(expected_ll - kl, expected_ll, kl, zero, zero)
-
-    algorithm = vi.build(loglik, optax.adam(LR), data_size=NUM_POINTS, objective=objective)
-    return scanned(algorithm.step, algorithm.init(params), batch)
-
-
-def vmap_sample_loop(flat_noise: bool = False):
-    """symvi-jax's step with the network called through ``jax.vmap`` over a sample axis of size 1, as
-    BlackJAX calls it (same maths; XLA:CPU then runs the kernel-gradient products differently, which
-    rounds differently); with ``flat_noise`` its weight noise is also drawn as :func:`flat_noise_sample`
-    draws it."""
-    model, params, batch = small_problem()
-    loglik = likelihoods.categorical(lambda p, x: model.apply({"params": p}, x))
-
-    def objective(rng_key, q, batch):
-        samples = (jax.tree.map(lambda x: x[None], flat_noise_sample(rng_key, q)) if flat_noise
-                   else meanfield.sample(rng_key, q, 1))
-        expected_ll = NUM_POINTS * jnp.mean(jax.vmap(lambda w: loglik(w, batch))(samples))
+        if vmap_sample:
+            samples = (jax.tree.map(lambda x: x[None], flat_noise_sample(rng_key, q)) if flat_noise
+                       else meanfield.sample(rng_key, q, 1))
+            loglik_values = jax.vmap(lambda w: loglik(w, batch))(samples)
+        else:
+            loglik_values = loglik(flat_noise_sample(rng_key, q), batch)
+        expected_ll = NUM_POINTS * jnp.mean(loglik_values)
         kl = meanfield.kl_to_normal(q, 1.0)
         zero = jnp.zeros_like(kl)
         return expected_ll - kl, objectives.ObjectiveInfo(expected_ll - kl, expected_ll, kl, zero, zero)
@@ -137,9 +126,9 @@ def main():
     args = parser(__doc__.splitlines()[0], "benchmarks/results/cpu/scan_steps.json").parse_args()
     repeats = 3 if args.quick else args.repeats
     a = interleaved_medians({"symvi-jax": symvi_loop(), "blackjax": blackjax_loop(),
-                             "lever: one RNG call": flat_noise_loop(),
-                             "lever: vmap over one sample": vmap_sample_loop(),
-                             "levers: both": vmap_sample_loop(flat_noise=True)}, repeats=repeats)
+                             "lever: one RNG call": lever_loop(flat_noise=True, vmap_sample=False),
+                             "lever: vmap over one sample": lever_loop(flat_noise=False, vmap_sample=True),
+                             "levers: both": lever_loop(flat_noise=True, vmap_sample=True)}, repeats=repeats)
     b = interleaved_medians({"standard": epoch_loop("elbo"), "symmetrized": epoch_loop("symmetrized_elbo")},
                             repeats=repeats)
     records = [dict(part="a", symvi_ms=1e3 * a["symvi-jax"], blackjax_ms=1e3 * a["blackjax"],
