@@ -198,6 +198,23 @@ def _inverse_rows(p: Array) -> Array:
     return jax.vmap(lambda row: jnp.zeros_like(row).at[row].set(jnp.arange(d, dtype=row.dtype)))(p)
 
 
+def _materialised(tree: ArrayTree, index: Array) -> ArrayTree:
+    """``tree`` unchanged, computed once into memory: XLA fuses it into none of its consumers.
+
+    ``unit_features`` transposes leaves such as a first-layer kernel sample, mu + sigma eps; XLA:CPU
+    fuses that elementwise expression (the normal draw's erf_inv, softplus) into the transpose and
+    recomputes it there with strided reads, and does the same to the cotangents on the way back
+    (at width 1024: four fusions, about half of the symmetrized step). ``optimization_barrier``
+    does not prevent it (XLA:CPU removes barriers before fusing), but a conditional is a boundary
+    XLA keeps: ``tree`` goes through one whose predicate, ``index[0, 0] >= 0``, holds for every
+    permutation index and cannot be folded by the compiler; the other branch, never taken, gives
+    NaN. Under ``jax.vmap`` with a batched ``index`` jax makes the conditional a select and XLA
+    fuses as before. Bit for bit the same values (benchmarks/RESULTS.md, "Eighth stop").
+    """
+    return jax.lax.cond(index.ravel()[0] >= 0, lambda t: t,
+                        lambda t: jax.tree.map(lambda x: jnp.full_like(x, jnp.nan), t), tree)
+
+
 @jax.custom_vjp
 def _paired_ratios(x: Array, loc: Array, precision: Array, p: Array, s: Array) -> Array:
     """t_k = -1/2 sum_ic a_ic delta_kic (delta_kic + 2 r_ic), delta_k = s_k x[p_k] - x, r = x - loc.
@@ -323,8 +340,7 @@ def unit_assignment_log_ratios(
         return jnp.sum(jnp.where(s < 0, (log_a_neg - diag)[slots, p], (log_a - diag)[slots, p]), axis=-1)
     if method != "gather":
         raise ValueError(f"method must be 'gather' or 'matmul', got {method!r}")
-    x = unit_features(params, group, factor, members)
-    loc = unit_features(q.loc, group, factor, members)
-    sigma = unit_features(meanfield.scale(q), group, factor, members)
     p, s = decode_signed(assignments) if group.factors[factor].sign_flips else (assignments, None)
+    trees = _materialised((params, q.loc, meanfield.scale(q)), p)
+    x, loc, sigma = (unit_features(t, group, factor, members) for t in trees)
     return assignment_log_ratio_terms(x, loc, sigma, p, s)

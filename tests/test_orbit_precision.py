@@ -104,3 +104,34 @@ def test_units_an_assignment_keeps_in_place_get_exactly_zero_gradient():
     g_x = jax.jit(jax.grad(lambda x: jnp.sum(weights * units.assignment_log_ratio_terms(x, loc, sigma, index))))(x)
     np.testing.assert_array_equal(np.asarray(g_x[jnp.array([0, 3, 4])]), 0.0)
     assert np.all(np.abs(np.asarray(g_x[1:3])) > 0)
+
+
+def test_orbit_terms_read_their_inputs_through_a_conditional_with_the_same_values():
+    # units._materialised: XLA:CPU drops optimization barriers before fusing, so the sample and the
+    # scales reach the unit-major transposes through a conditional (which XLA keeps); its other
+    # branch (NaN) must never be taken, for signed indices too, and under vmap (a select) neither
+    params, group = _signed_one_hidden()
+    q = meanfield.init(jax.tree.map(lambda x: x + 0.3, params), init_scale=0.4)
+    w = jax.tree.map(lambda x: x[0], meanfield.sample(jax.random.key(1), q, 1))
+    signed = group.sample(jax.random.key(2), 6)
+    assert np.any(np.asarray(signed[0]) < 0)  # encoded sign flips: the raw indices go negative
+
+    def terms(q, w, sigmas):
+        return units.unit_assignment_log_ratios(q, w, group, 0, sigmas[0])
+
+    def reference(q, w, sigmas):  # the same terms without the conditional
+        p, s = units.decode_signed(sigmas[0])
+        x, loc, sigma = (units.unit_features(t, group, 0) for t in (w, q.loc, meanfield.scale(q)))
+        return units.assignment_log_ratio_terms(x, loc, sigma, p, s)
+
+    assert "cond" in str(jax.make_jaxpr(terms)(q, w, signed))
+    loss = lambda fn: lambda q, w: jnp.sum(jnp.linspace(0.5, 1.5, 6) * fn(q, w, signed))  # noqa: E731
+    value, grads = jax.value_and_grad(loss(terms), argnums=(0, 1))(q, w)  # op by op: no fusion differences
+    value_ref, grads_ref = jax.value_and_grad(loss(reference), argnums=(0, 1))(q, w)
+    assert np.isfinite(value) and value == value_ref
+    for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(grads_ref)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    batched = jax.tree.map(lambda a, b: jnp.stack([a, b]), signed, group.sample(jax.random.key(3), 6))
+    per_batch = jax.jit(jax.vmap(lambda s: terms(q, w, s)))(batched)
+    np.testing.assert_allclose(per_batch[0], reference(q, w, signed), rtol=1e-6, atol=1e-6)
+    assert np.all(np.isfinite(per_batch))
