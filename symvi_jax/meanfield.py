@@ -28,9 +28,7 @@ from typing import NamedTuple, Optional, Union
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.extend.random import threefry2x32_p
-
-from symvi_jax import _checks
+from symvi_jax import _checks, prng
 from symvi_jax.types import Array, ArrayLike, ArrayTree, PRNGKey
 
 __all__ = [
@@ -110,13 +108,6 @@ def scale(q: MeanFieldState) -> ArrayTree:
     return jax.tree.map(lambda r: SCALE_FLOOR + jax.nn.softplus(r), q.raw_scale)
 
 
-def _threefry_key_data(keys: Array) -> Optional[Array]:
-    """The ``(n, 2)`` uint32 data of threefry keys (typed or raw), or None for another generator."""
-    if jnp.issubdtype(keys.dtype, jax.dtypes.prng_key):
-        return jax.random.key_data(keys) if str(jax.random.key_impl(keys)) == "threefry2x32" else None
-    return keys if jax.config.jax_default_prng_impl == "threefry2x32" else None
-
-
 def _one_op_normals(data: Array, shapes) -> list:
     """``[jax.random.normal(k, s) for k, s in zip(keys, shapes)]`` (float32), bit for bit, as one op.
 
@@ -126,13 +117,13 @@ def _one_op_normals(data: Array, shapes) -> list:
     sqrt(2) erfinv(u). Concatenating every leaf's (key, counter) pairs draws all leaves with one
     elementwise threefry instead of one per leaf: fewer ops per step for the same numbers
     (``tests/test_meanfield.py`` checks them bit for bit against ``jax.random.normal``).
-    ``data``: the keys' ``(n, 2)`` uint32 data (:func:`_threefry_key_data`).
+    ``data``: the keys' ``(n, 2)`` uint32 data (:func:`prng.key_data`).
     """
     sizes = [math.prod(s) for s in shapes]
     k1 = jnp.concatenate([jnp.broadcast_to(data[i, 0], (n,)) for i, n in enumerate(sizes)])
     k2 = jnp.concatenate([jnp.broadcast_to(data[i, 1], (n,)) for i, n in enumerate(sizes)])
     counter = jnp.concatenate([jax.lax.iota(jnp.uint32, n) for n in sizes])
-    x1, x2 = threefry2x32_p.bind(k1, k2, jnp.zeros_like(counter), counter)
+    x1, x2 = prng.threefry2x32(k1, k2, jnp.zeros_like(counter), counter)
     z = _normals_from_bits(x1 ^ x2)
     offsets = np.cumsum([0] + sizes)
     return [z[a:b].reshape(s) for a, b, s in zip(offsets[:-1], offsets[1:], shapes)]
@@ -165,11 +156,11 @@ def standard_normal(rng_key: PRNGKey, shape, dtype=jnp.float32) -> Array:
     typed = jnp.issubdtype(rng_key.dtype, jax.dtypes.prng_key)
     single = jnp.shape(rng_key) == (() if typed else (2,))  # else jax.random.normal raises its own error
     key = rng_key[None] if typed else jnp.reshape(rng_key, (1, -1))
-    data = _threefry_key_data(key) if single and jax.config.jax_threefry_partitionable else None
+    data = prng.key_data(key) if single else None
     if data is None or jnp.dtype(dtype) != jnp.float32 or not 0 < size < 2**32:
         return jax.random.normal(rng_key, shape, dtype=dtype)
     counter = jax.lax.iota(jnp.uint32, size)
-    x1, x2 = threefry2x32_p.bind(data[0, 0], data[0, 1], jnp.zeros_like(counter), counter)  # the key as scalars
+    x1, x2 = prng.threefry2x32(data[0, 0], data[0, 1], jnp.zeros_like(counter), counter)  # the key as scalars
     return _normals_from_bits((x1 ^ x2).reshape(shape))
 
 
@@ -185,7 +176,7 @@ def _leaf_normals(keys: Array, shapes, dtypes, single_draw: bool) -> list:
     ``_ONE_OP_MAX_SIZE`` are drawn together by :func:`_one_op_normals`; every other leaf (and
     every leaf of several draws, see :func:`sample`) by its own :func:`standard_normal` call.
     """
-    data = _threefry_key_data(keys) if single_draw and jax.config.jax_threefry_partitionable else None
+    data = prng.key_data(keys) if single_draw else None
     small = [] if data is None else [i for i, (s, d) in enumerate(zip(shapes, dtypes))
                                      if math.prod(s) < _ONE_OP_MAX_SIZE and jnp.dtype(d) == jnp.float32]
     together = {}
@@ -208,7 +199,7 @@ def sample(rng_key: PRNGKey, q: MeanFieldState, num_samples: Optional[int] = Non
     if num_samples is not None and (not _checks.is_int(num_samples) or num_samples < 1):
         raise ValueError(f"num_samples must be None or a positive int, got {num_samples!r}")
     leaves, treedef = jax.tree.flatten(q.loc)
-    keys = jax.random.split(rng_key, len(leaves))
+    keys = prng.split(rng_key, len(leaves))
     lead = () if num_samples is None else (num_samples,)
     shapes = [lead + jnp.shape(x) for x in leaves]
     noise = _leaf_normals(keys, shapes, [x.dtype for x in leaves], single_draw=num_samples in (None, 1))

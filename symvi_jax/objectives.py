@@ -40,7 +40,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from symvi_jax import _checks
-from symvi_jax import likelihoods, meanfield, orbits
+from symvi_jax import likelihoods, meanfield, orbits, prng
 from symvi_jax.meanfield import MeanFieldState
 from symvi_jax.symmetry import WeightSymmetry, as_symmetry
 from symvi_jax.types import Array, ArrayTree, PRNGKey
@@ -291,7 +291,7 @@ class SymmetrizedELBO:
         loglikelihood_fn, prior_scale = _bind_hyper(self.loglikelihood_fn, self.prior_scale, hyper)
         if prior_scale is not self.prior_scale:  # a learned scale, from hyper
             check_prior_invariant(self.group, prior_scale)
-        key_sample, key_perm = jax.random.split(rng_key)
+        key_sample, key_perm = prng.split(rng_key)
         samples = meanfield.sample(key_sample, q, self.num_samples)
         expected_ll = _expected_loglikelihood(loglikelihood_fn, samples, batch, self.data_size)
         kl = _kl(q, samples, prior_scale, self.kl_estimator)

@@ -44,7 +44,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from symvi_jax import _checks, meanfield, permanent, proposals, units
+from symvi_jax import _checks, meanfield, permanent, prng, proposals, units
 from symvi_jax.meanfield import MeanFieldState
 from symvi_jax.symmetry import WeightSymmetry, decode_signed, move_units, split_variables, as_symmetry, leaf_paths
 from symvi_jax.types import Array, ArrayTree, Permutation, PRNGKey
@@ -310,7 +310,7 @@ def importance_terms(
         score = jnp.sum(signal[1:] * log_r)
         return term - (score - jax.lax.stop_gradient(score))
 
-    keys = jax.random.split(rng_key, num_samples)
+    keys = prng.split(rng_key, num_samples)
     return jax.vmap(per_sample)(keys, samples)
 
 
@@ -515,7 +515,7 @@ def mutual_information(
     _checks.positive_int(num_samples, "num_samples (S)")
     estimator = as_estimator(estimator, num_permutations=num_permutations, temperature=temperature,
                              score_correction=score_correction, group=group)
-    key_sample, key_perm = jax.random.split(rng_key)
+    key_sample, key_perm = prng.split(rng_key)
     samples = meanfield.sample(key_sample, q, num_samples)
     terms = mutual_information_terms(key_perm, q, samples, group, estimator=estimator, chunk_size=chunk_size)
     return jnp.mean(terms)

@@ -46,7 +46,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from symvi_jax import _checks
-from symvi_jax import units
+from symvi_jax import prng, units
 from symvi_jax.meanfield import MeanFieldState
 from symvi_jax.symmetry import WeightSymmetry, as_symmetry, leaf_paths
 from symvi_jax.types import Array, ArrayTree, Permutation, PRNGKey
@@ -259,7 +259,7 @@ def sample(
     _check_first(group, first_log_weights)
 
     def one(key):
-        keys = jax.random.split(key, len(group.factors))
+        keys = prng.split(key, len(group.factors))
         drawn, total = {}, 0.0
         for layer in range(len(group.factors)):
             if layer == 0 and first_log_weights is not None:
@@ -273,7 +273,7 @@ def sample(
         return tuple(drawn[layer] for layer in range(len(group.factors))), total
 
     # Layer 0's weights do not depend on the key, so vmap computes them once for all draws.
-    return jax.vmap(one)(jax.random.split(rng_key, num_samples))
+    return jax.vmap(one)(prng.split(rng_key, num_samples))
 
 
 def log_prob(

@@ -44,7 +44,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from symvi_jax import _checks
-from symvi_jax import nets
+from symvi_jax import nets, prng
 from symvi_jax.types import Array, ArrayTree, Permutation, PRNGKey
 
 __all__ = ["Member", "Factor", "WeightSymmetry", "PermutationGroup", "MAX_ELEMENTS", "leaf_paths", "as_symmetry",
@@ -295,17 +295,17 @@ class WeightSymmetry:
             raise ValueError(f"num must be None or a positive int, got {num!r}")
         # one key per factor, split as PermutationGroup always split it, so a Dense chain's draws
         # (and every result computed from them) are the same as before WeightSymmetry existed
-        keys = jax.random.split(rng_key, max(len(self.factors), 1))
+        keys = prng.split(rng_key, max(len(self.factors), 1))
         out = []
         for key, f in zip(keys, self.factors):
             def one(k, f=f):
-                p = jax.random.permutation(k, f.size).astype(jnp.int32)
+                p = prng.permutation(k, f.size).astype(jnp.int32)
                 if not f.sign_flips:
                     return p
                 flips = jax.random.bernoulli(jax.random.fold_in(k, 1), 0.5, (f.size,))
                 return _encode(p, jnp.where(flips, -1, 1))
 
-            out.append(one(key) if num is None else jax.vmap(one)(jax.random.split(key, num)))
+            out.append(one(key) if num is None else jax.vmap(one)(prng.split(key, num)))
         return tuple(out)
 
     def elements(self, max_elements: int = MAX_ELEMENTS) -> Permutation:

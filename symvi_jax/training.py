@@ -48,7 +48,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from symvi_jax import _checks, _optional
+from symvi_jax import _checks, _optional, prng
 from symvi_jax.types import PRNGKey
 from symvi_jax.vi import VIAlgorithm, VIInfo, VIState
 
@@ -306,9 +306,9 @@ def _run_steps(algorithm, batch_size, state, rng_key, data, infos, start, stop, 
     size = jax.tree.leaves(data)[0].shape[0]
     num_batches = size // batch_size
     epoch_key = jax.random.fold_in(rng_key, epoch)
-    key_order, key_steps = jax.random.split(epoch_key)
-    order = jax.random.permutation(key_order, size)[: num_batches * batch_size].reshape(num_batches, batch_size)
-    step_keys = jax.random.split(key_steps, num_batches)
+    key_order, key_steps = prng.split(epoch_key)
+    order = prng.permutation(key_order, size)[: num_batches * batch_size].reshape(num_batches, batch_size)
+    step_keys = prng.split(key_steps, num_batches)
 
     def cond(carry):
         index, _, bad_step, _ = carry

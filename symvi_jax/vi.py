@@ -40,7 +40,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from symvi_jax import _checks, meanfield, objectives, orbits
+from symvi_jax import _checks, meanfield, objectives, orbits, prng
 from symvi_jax.meanfield import MeanFieldState
 from symvi_jax.symmetry import WeightSymmetry, check_held_out
 from symvi_jax.types import Array, ArrayTree, PRNGKey
@@ -533,15 +533,15 @@ def run_epochs(algorithm: VIAlgorithm, state: VIState, data: Any, epoch_keys: PR
     num_batches = size // batch_size
 
     def epoch(state, epoch_key):
-        key_order, key_steps = jax.random.split(epoch_key)
-        order = jax.random.permutation(key_order, size)[: num_batches * batch_size].reshape(num_batches, batch_size)
+        key_order, key_steps = prng.split(epoch_key)
+        order = prng.permutation(key_order, size)[: num_batches * batch_size].reshape(num_batches, batch_size)
 
         def one_step(state, xs):
             index, step_key = xs
             batch = jax.tree.map(lambda x: jnp.take(x, index, axis=0), data)
             return algorithm.step(step_key, state, batch)
 
-        return jax.lax.scan(one_step, state, (order, jax.random.split(key_steps, num_batches)))
+        return jax.lax.scan(one_step, state, (order, prng.split(key_steps, num_batches)))
 
     return jax.lax.scan(epoch, state, epoch_keys)
 
@@ -565,7 +565,7 @@ def run_steps(algorithm: VIAlgorithm, state: VIState, data: Any, step_keys: PRNG
         raise ValueError(f"batch_size ({batch_size}) must not exceed the number of examples ({size})")
 
     def one_step(state, step_key):
-        key_batch, key_step = jax.random.split(step_key)
+        key_batch, key_step = prng.split(step_key)
         index = jax.random.choice(key_batch, size, (batch_size,), replace=False)
         batch = jax.tree.map(lambda x: jnp.take(x, index, axis=0), data)
         return algorithm.step(key_step, state, batch)

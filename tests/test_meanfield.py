@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from symvi_jax import meanfield
+from symvi_jax import meanfield, prng
 from fixtures import make_mlp
 
 
@@ -126,7 +126,7 @@ def test_one_op_normals_are_jax_random_normal_bit_for_bit(make_key):
         return [jax.random.normal(k, s) for k, s in zip(jax.random.split(key, len(SHAPES)), SHAPES)]
 
     def one_op(key):
-        data = meanfield._threefry_key_data(jax.random.split(key, len(SHAPES)))
+        data = prng.key_data(jax.random.split(key, len(SHAPES)))
         return meanfield._one_op_normals(data, SHAPES)
 
     def leaf_normals(key):  # the small leaves together, (784, 30) on its own
@@ -156,7 +156,7 @@ def test_sample_draws_leaf_i_from_the_ith_split_key(q, next_key):
         for x, m, s, k in zip(w, leaves, sigma, keys):
             np.testing.assert_allclose(x, m + s * jax.random.normal(k, lead + m.shape), rtol=1e-6, atol=1e-7)
     rbg = jax.random.key(3, impl="rbg")
-    assert meanfield._threefry_key_data(jax.random.split(rbg, 2)) is None
+    assert prng.key_data(jax.random.split(rbg, 2)) is None
     w = jax.tree.leaves(meanfield.sample(rbg, q))
     for x, m, s, k in zip(w, leaves, sigma, jax.random.split(rbg, len(leaves))):
         np.testing.assert_allclose(x, m + s * jax.random.normal(k, m.shape), rtol=1e-6, atol=1e-7)

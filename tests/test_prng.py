@@ -1,0 +1,89 @@
+"""prng: jax.random's threefry numbers, bit for bit, with the CPU hash unrolled behind a kept conditional."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.extend.random import threefry2x32_p
+
+from symvi_jax import MLP, PermutationGroup, prng
+
+
+def _data(keys):
+    return np.asarray(jax.random.key_data(keys) if jnp.issubdtype(keys.dtype, jax.dtypes.prng_key) else keys)
+
+
+@pytest.mark.parametrize("make_key", [jax.random.key, jax.random.PRNGKey], ids=["typed", "raw"])
+def test_split_bits_and_permutation_are_jax_random_bit_for_bit(make_key):
+    for seed in (0, 7, 2**31 - 1):
+        key = make_key(seed)
+        for num in (1, 2, 3, 19, 1000):
+            ours = jax.jit(prng.split, static_argnums=1)(key, num)
+            assert ours.dtype == jax.random.split(key, num).dtype
+            np.testing.assert_array_equal(_data(ours), _data(jax.random.split(key, num)))
+        for shape in ((), (1,), (30,), (19, 30), (7, 3, 5)):
+            np.testing.assert_array_equal(jax.jit(prng.bits, static_argnums=1)(key, shape),
+                                          jax.random.bits(key, shape, jnp.uint32))
+        for n in (1, 2, 30, 2047, 3000):  # one sort round up to 2047 entries, two from 2048 on
+            np.testing.assert_array_equal(jax.jit(prng.permutation, static_argnums=1)(key, n),
+                                          jax.random.permutation(key, n))
+
+
+def test_nested_vmap_keeps_jax_random_numbers():
+    keys = jax.random.split(jax.random.key(3), 6).reshape(2, 3)
+    ours = jax.jit(jax.vmap(jax.vmap(lambda k: prng.permutation(prng.split(k, 4)[2], 30))))(keys)
+    theirs = jax.vmap(jax.vmap(lambda k: jax.random.permutation(jax.random.split(k, 4)[2], 30)))(keys)
+    np.testing.assert_array_equal(ours, theirs)
+
+
+@pytest.mark.parametrize("batched", ["key", "counter"])
+def test_hash_broadcasts_and_batches_any_argument(batched):
+    # the vmap rule lifts batched and unbatched arguments of different ranks onto one shape
+    # (jax's own primitive, batched in some arguments only, fails to lower on the CPU)
+    x2 = jnp.arange(12, dtype=jnp.uint32)
+    if batched == "key":
+        k1s = jnp.arange(5, dtype=jnp.uint32) * 77
+        ours = jax.jit(jax.vmap(lambda a: prng.threefry2x32(a, jnp.uint32(3), jnp.zeros_like(x2), x2)))(k1s)
+        theirs = [threefry2x32_p.bind(a, jnp.uint32(3), jnp.zeros_like(x2), x2) for a in k1s]
+    else:
+        x1s = jnp.arange(48, dtype=jnp.uint32).reshape(12, 4)
+        ours = jax.jit(jax.vmap(lambda x: prng.threefry2x32(jnp.uint32(9), jnp.uint32(3), x, x2), in_axes=1))(x1s)
+        theirs = [threefry2x32_p.bind(jnp.uint32(9), jnp.uint32(3), x, x2) for x in x1s.T]
+    for y, expected in zip(ours, zip(*theirs)):
+        np.testing.assert_array_equal(y, np.stack(expected))
+
+
+def test_cpu_program_has_the_conditional_unbatched_and_jax_loop_batched():
+    # the point of the module: one kept conditional instead of jax's five-iteration loop for an
+    # unbatched draw; a batched one (vmapped seeds or lanes) keeps jax's primitive, whose loop the
+    # batch shares
+    key = jax.random.key(0)
+    one = jax.jit(lambda k: prng.bits(k, (30,))).lower(key).compile().as_text()
+    assert " conditional(" in one and " while(" not in one
+    many = jax.jit(jax.vmap(lambda k: prng.bits(k, (30,)))).lower(jax.random.split(key, 3)).compile().as_text()
+    assert " while(" in many and " conditional(" not in many
+    assert " while(" in jax.jit(lambda k: jax.random.bits(k, (30,))).lower(key).compile().as_text()
+
+
+def test_other_generators_and_the_unpartitionable_layout_go_to_jax_random():
+    rbg = jax.random.key(3, impl="rbg")
+    assert prng.key_data(rbg) is None
+    np.testing.assert_array_equal(_data(prng.split(rbg, 3)), _data(jax.random.split(rbg, 3)))
+    np.testing.assert_array_equal(prng.permutation(rbg, 10), jax.random.permutation(rbg, 10))
+    key = jax.random.key(5)
+    with jax.threefry_partitionable(False):
+        assert prng.key_data(key) is None
+        np.testing.assert_array_equal(_data(prng.split(key, 3)), _data(jax.random.split(key, 3)))
+        np.testing.assert_array_equal(prng.bits(key, (7,)), jax.random.bits(key, (7,), jnp.uint32))
+
+
+def test_group_sample_draws_jax_random_permutations():
+    # the permutations of a training step, through prng, are the ones jax.random gives for the same keys
+    model = MLP(features=(30, 10))
+    params = model.init(jax.random.key(0), jnp.zeros((1, 784)))["params"]
+    group = PermutationGroup.from_params(params)
+    key = jax.random.key(11)
+    (p,) = jax.jit(lambda k: group.sample(k, 19))(key)
+    (k0,) = jax.random.split(key, 1)
+    expected = jax.vmap(lambda k: jax.random.permutation(k, 30))(jax.random.split(k0, 19))
+    np.testing.assert_array_equal(p, expected)
