@@ -76,24 +76,39 @@ def _kept_rounds(k1: Array, k2: Array, x1: Array, x2: Array) -> tuple[Array, Arr
     return jax.lax.cond((jnp.ravel(k1)[0] | np.uint32(1)) != 0, taken, never, (k1, k2, x1, x2))
 
 
-@_kept_rounds.def_vmap
-def _kept_rounds_batched(axis_size, in_batched, *args):
-    # a batched call (vmapped seeds or lanes, a vmap over permutations) binds jax's primitive on the
-    # arguments broadcast to one shape (batch axis first, each argument's own axes right-aligned):
-    # the loop's overhead is shared by the batch there, and the conditional measured 1.02-1.07x
-    # slower in the Table 1 program, whose lanes are vmapped (benchmarks/RESULTS.md, "Ninth stop")
+def _lifted(in_batched, args) -> tuple[Array, Array, Array, Array]:
+    """A batched call's arguments for jax's primitive: the batch axis first, each argument's own axes
+    right-aligned, the two keys broadcast to one shape and the counters to the output's (jax's CPU
+    loop needs both, and fails to lower otherwise; the keys stay as small as they are)."""
     rank = max(jnp.ndim(a) - b for a, b in zip(args, in_batched))
     lifted = []
     for a, batched in zip(args, in_batched):
         own = jnp.shape(a)[1:] if batched else jnp.shape(a)
         lead = jnp.shape(a)[0] if batched else 1
         lifted.append(jnp.reshape(a, (lead,) + (1,) * (rank - len(own)) + own))
+    k1, k2, x1, x2 = lifted
     shape = jnp.broadcast_shapes(*(jnp.shape(a) for a in lifted))
-    return _bound(*(jnp.broadcast_to(a, shape) for a in lifted)), (True, True)
+    key_shape = jnp.broadcast_shapes(jnp.shape(k1), jnp.shape(k2))
+    return (jnp.broadcast_to(k1, key_shape), jnp.broadcast_to(k2, key_shape),
+            jnp.broadcast_to(x1, shape), jnp.broadcast_to(x2, shape))
 
 
-def _bound(k1, k2, x1, x2):
+@jax.custom_batching.custom_vmap
+def _jax_hash(k1: Array, k2: Array, x1: Array, x2: Array) -> tuple[Array, Array]:
+    """jax's primitive, batched through :func:`_lifted` at every level of vmap."""
     return tuple(threefry2x32_p.bind(k1, k2, x1, x2))
+
+
+@_jax_hash.def_vmap
+def _jax_hash_batched(axis_size, in_batched, *args):
+    return _jax_hash(*_lifted(in_batched, args)), (True, True)
+
+
+@_kept_rounds.def_vmap
+def _kept_rounds_batched(axis_size, in_batched, *args):
+    # a batched call (vmapped seeds or lanes, a vmap over permutations) binds jax's primitive, whose
+    # loop the batch shares
+    return _jax_hash(*_lifted(in_batched, args)), (True, True)
 
 
 def threefry2x32(k1: Array, k2: Array, x1: Array, x2: Array) -> tuple[Array, Array]:
@@ -103,7 +118,7 @@ def threefry2x32(k1: Array, k2: Array, x1: Array, x2: Array) -> tuple[Array, Arr
     batched or elsewhere, jax's primitive.
     """
     args = tuple(jnp.asarray(a, jnp.uint32) for a in (k1, k2, x1, x2))
-    return jax.lax.platform_dependent(*args, cpu=_kept_rounds, default=_bound)
+    return jax.lax.platform_dependent(*args, cpu=_kept_rounds, default=_jax_hash)
 
 
 def key_data(keys) -> Optional[Array]:

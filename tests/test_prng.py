@@ -87,3 +87,15 @@ def test_group_sample_draws_jax_random_permutations():
     (k0,) = jax.random.split(key, 1)
     expected = jax.vmap(lambda k: jax.random.permutation(k, 30))(jax.random.split(k0, 19))
     np.testing.assert_array_equal(p, expected)
+
+
+def test_nested_vmap_batching_keys_and_counters_at_different_levels():
+    # the outer vmap batches the key, the inner one the counters: each level lifts its own arguments
+    k1s = jnp.arange(3, dtype=jnp.uint32) * 91
+    x2s = jnp.arange(20, dtype=jnp.uint32).reshape(4, 5)
+    f = jax.vmap(jax.vmap(lambda a, x: prng.threefry2x32(a, jnp.uint32(3), jnp.zeros_like(x), x), (None, 0)), (0, None))
+    ours = jax.jit(f)(k1s, x2s)
+    for y, which in zip(ours, range(2)):
+        expected = np.stack([np.stack([threefry2x32_p.bind(a, jnp.uint32(3), jnp.zeros_like(x), x)[which] for x in x2s])
+                             for a in k1s])
+        np.testing.assert_array_equal(y, expected)
