@@ -10,9 +10,11 @@ same way from either package:
        (its block of seeds x 4 methods as lanes, one epoch of the first ``--num-train`` MNIST images).
 
 The programs run round-robin (interleaved medians); the table gives new / base and whether the
-outputs are bit for bit equal.
+outputs are bit for bit equal. ``--new-first`` builds and times the new program first in each
+round; on the 2-core VM a ratio moved by up to +-9% between runs and orders (ninth stop: the Table 1
+block, whose two programs have the same loops, read 0.94-1.09), so quote a change from several runs.
 
-    PYTHONPATH=.:benchmarks python benchmarks/before_after.py --base HEAD [--width 30] [--repeats 7]
+    PYTHONPATH=.:benchmarks python benchmarks/before_after.py --base HEAD [--width 30] [--repeats 7] [--new-first]
 """
 
 from __future__ import annotations
@@ -80,6 +82,7 @@ def main():
     p.add_argument("--base", default="HEAD", help="the revision to compare against")
     p.add_argument("--width", type=int, default=30)
     p.add_argument("--num-train", type=int, default=3000)
+    p.add_argument("--new-first", action="store_true", help="build and time the new program first in each round")
     args = p.parse_args()
     import symvi_jax as new
     import symvi_jax.experiments.mnist  # noqa: F401
@@ -94,8 +97,10 @@ def main():
                   f"(t1) width {args.width}, one seed block x 4 methods": lambda pkg: table1_block(pkg, args.width,
                                                                                             args.num_train)}
         contenders, equal = {}, {}
+        order = (("new", new), ("base", base)) if args.new_first else (("base", base), ("new", new))
         for name, make in makers.items():
-            contenders[(name, "base")], contenders[(name, "new")] = make(base), make(new)
+            for label, pkg in order:
+                contenders[(name, label)] = make(pkg)
             outs = [jax.device_get(contenders[(name, v)]()) for v in ("base", "new")]
             equal[name] = all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(outs[0]), jax.tree.leaves(outs[1])))
         times = interleaved_medians(contenders, repeats=3 if args.quick else args.repeats)
@@ -104,7 +109,7 @@ def main():
     print(markdown_table(["program", "base ms", "new ms", "new / base", "outputs bitwise equal"],
                          [[r["program"], f"{1e3 * r['base_s']:.1f}", f"{1e3 * r['new_s']:.1f}", f"{r['ratio']:.3f}",
                            "yes" if r["bitwise_equal"] else "no"] for r in records]))
-    write_json(args.json, {"benchmark": "before_after", "base": args.base, "width": args.width,
+    write_json(args.json, {"benchmark": "before_after", "base": args.base, "width": args.width, "new_first": args.new_first,
                            "num_train": args.num_train, "rows": records, "complete": True})
 
 
