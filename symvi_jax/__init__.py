@@ -1,6 +1,6 @@
 """symvi-jax: permutation-invariant variational inference for Bayesian neural networks."""
 
-from symvi_jax import likelihoods, meanfield, nets, objectives, orbits, predict, symmetry, units, vi
+from symvi_jax import likelihoods, meanfield, nets, objectives, orbits, predict, prng, symmetry, units, vi
 from symvi_jax.jaxpr_symmetry import infer_symmetry
 from symvi_jax.meanfield import MeanFieldState
 from symvi_jax.nets import MLP
@@ -48,6 +48,7 @@ __all__ = [
     "objectives",
     "orbits",
     "predict",
+    "prng",
     "symmetrized_elbo",
     "symmetrized_log_prob",
     "symmetry",

@@ -28,6 +28,7 @@ from typing import NamedTuple, Optional, Union
 import jax
 import jax.numpy as jnp
 import numpy as np
+
 from symvi_jax import _checks, prng
 from symvi_jax.types import Array, ArrayLike, ArrayTree, PRNGKey
 
