@@ -7,9 +7,9 @@ weights' noise), and at small sizes those loops are a large part of the step. Fo
 call this module computes the same hash with its 20 rounds unrolled, behind a conditional XLA keeps
 as a boundary, so the rounds run once, as one fused op, into memory. Without the conditional XLA
 fuses the cheap integer rounds into every consumer and recomputes them there (a bias draw
-recomputed for every row of the batch made a small net's step 1.4x slower). The predicate,
-``(k1 | 1) != 0`` on the key's data, always holds and cannot be folded; the other branch, never
-taken, gives zeros. A batched call (under ``jax.vmap``, through a ``custom_vmap`` rule) binds jax's
+recomputed for every row of the batch made a small net's step 1.07-1.52x slower in four runs,
+benchmarks/threefry_lowering.py). The predicate, ``(k1 | 1) != 0`` on the key's data, always holds
+and cannot be folded; the other branch, never taken, gives zeros. A batched call (under ``jax.vmap``, through a ``custom_vmap`` rule) binds jax's
 primitive, whose loop the whole batch shares.
 
 The numbers are integers, so they are jax's exactly, whatever the program around them; the floats
