@@ -7,7 +7,8 @@ the working tree it times, ahead-of-time compiled, the pieces of one run's evalu
 metrics) with XLA's flop and byte counts and compile times; then the whole evaluate program
 (``mnist._evaluate_program``) of the working tree against ``--base`` (``git archive`` of that
 revision, imported as ``symvi_jax_base``) and against the working tree's program run as two
-halves from two threads, interleaved, with a bitwise check of every output.
+halves from two threads (``eval_workers: 2``, ``mnist._evaluate_distinct``), interleaved, with a
+bitwise check of every output. ``--runs 10``: a Table 1 width's 10 distinct runs.
 
     PYTHONPATH=.:benchmarks python benchmarks/table1_eval.py --width 30 --runs 4 --repeats 3 --base HEAD
 """
@@ -17,7 +18,6 @@ from __future__ import annotations
 import os
 import statistics
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -65,7 +65,7 @@ def setup(package, width: int, runs: int):
         return package.meanfield.init(params, init_scale=config.init_scale)
 
     q = jax.vmap(one_q)(jax.random.split(jax.random.key(1), runs))
-    keys = jnp.tile(jax.random.split(jax.random.key(2), max(1, runs // 4)), 4)[:runs]
+    keys = jnp.tile(jax.random.split(jax.random.key(2), -(-runs // 4)), 4)[:runs]
     data = jax.device_put((x_test, y_test, ood[1]))
     return mnist, config, apply_fn, group, q, keys, data
 
@@ -129,28 +129,14 @@ def main():
         contenders[label] = (lambda prog=prog, fargs=fargs: prog(*fargs))
         outputs[label] = jax.device_get(prog(*fargs))
     half = args.runs // 2
-    if half and args.runs % 2 == 0:
+    if half and args.runs % 2 == 0:  # ``eval_workers: 2``: the runs in two calls of half, from two threads
         fn = mnist._evaluate_program(config, apply_fn, group)
-        first = (jax.tree.map(lambda x: x[:half], q), keys[:half], x_test, y_test, ood)
-        second = (jax.tree.map(lambda x: x[half:], q), keys[half:], x_test, y_test, ood)
-        prog_half, seconds = _compile(fn, *first)
+        prog_half, seconds = _compile(fn, jax.tree.map(lambda x: x[:half], q), keys[:half], x_test, y_test, ood)
         print(f"half-runs evaluate program: compiled in {seconds:.1f} s", flush=True)
-
-        def two_threads():
-            out = [None, None]
-
-            def go(i, fargs):
-                out[i] = jax.block_until_ready(prog_half(*fargs))
-
-            threads = [threading.Thread(target=go, args=(i, a)) for i, a in enumerate((first, second))]
-            for t in threads:
-                t.start()
-            for t in threads:
-                t.join()
-            return jax.tree.map(lambda a, b: np.concatenate([np.asarray(a), np.asarray(b)]), *out)
-
-        contenders["new, two threads x half the runs"] = two_threads
-        outputs["new, two threads x half the runs"] = jax.device_get(two_threads())
+        name = "new, eval_workers 2 (two threads x half the runs)"
+        contenders[name] = lambda: mnist._evaluate_distinct(prog_half, q, keys, (x_test, y_test, ood), block=half,
+                                                            workers=2)[0]
+        outputs[name] = contenders[name]()
     reference = outputs["base" if args.base else "new"]
     times = _timed(contenders, args.repeats)
     rows = []

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from fixtures import make_mlp
-from symvi_jax import PermutationGroup, cli, likelihoods, meanfield, objectives, orbits, predict
+from symvi_jax import MLP, PermutationGroup, cli, likelihoods, meanfield, objectives, orbits, predict
 from symvi_jax.experiments import mnist
 
 
@@ -157,6 +157,7 @@ def test_unit_statistics_flags_prior_units(next_key):
     ({"num_train": 50}, "batch_size"),
     ({"kl_scale": "batch"}, "kl_scale"),
     ({"train_workers": 0}, "train_workers"),
+    ({"eval_workers": 0}, "eval_workers"),
     ({"eval_xla_optimization_level": 4}, "eval_xla_optimization_level"),
     ({"eval_xla_optimization_level": True}, "eval_xla_optimization_level"),
 ])
@@ -204,6 +205,31 @@ def test_evaluate_distinct_evaluates_each_distinct_run_once_and_gives_every_run_
         np.testing.assert_array_equal(metrics[name], direct[name])
     with pytest.raises(ValueError, match="one run per evaluation key"):
         mnist._evaluate_distinct(evaluate_fn, {"w": loc[:4]}, keys, (2.0,), block=3)
+
+
+def test_eval_block_splits_the_seeds_and_keeps_two_runs_or_more():
+    assert [mnist._eval_block(10, w) for w in (1, 2, 3, 4, 20)] == [10, 5, 4, 3, 2]
+    assert [mnist._eval_block(s, 2) for s in (1, 2, 3)] == [1, 2, 2]
+
+
+def test_evaluate_program_gives_each_run_the_same_bits_in_blocks_from_threads():
+    """The evaluate program maps one run at a time, so 4 runs per call and 2 calls of 2 from two threads
+    (``eval_workers: 2``) give every metric of every run bit for bit."""
+    config = mnist.Config(widths=(3,), methods=("mfvi", "sgm3"), num_seeds=2, num_eval_samples=8, eval_chunk_size=4,
+                          mi_num_permutations=6, mi_num_samples=2, eval_workers=2)
+    _, apply_fn, group = mnist._train_program(config, 3, 40, 6, [(3, 0.0), (3, 1.0)])
+    params = jax.vmap(lambda k: MLP(features=(3, 10)).init(k, jnp.zeros((1, 6)))["params"])(
+        jax.random.split(jax.random.key(0), 4))
+    q = jax.vmap(lambda p: meanfield.init(p, init_scale=0.3))(params)
+    keys = jax.random.split(jax.random.key(1), 4)
+    data = (jax.random.uniform(jax.random.key(2), (12, 6)), jnp.arange(12) % 10,
+            jax.random.uniform(jax.random.key(3), (12, 6)))
+    evaluate_fn = mnist._evaluate_program(config, apply_fn, group)
+    whole, distinct = mnist._evaluate_distinct(evaluate_fn, q, keys, data, block=4)
+    halves, _ = mnist._evaluate_distinct(evaluate_fn, q, keys, data, block=mnist._eval_block(4, 2), workers=2)
+    assert distinct == 4
+    for name in whole:
+        np.testing.assert_array_equal(jax.tree.leaves(whole[name]), jax.tree.leaves(halves[name]))
 
 
 def test_seed_blocks_are_equal_and_hold_two_seeds_or_more():

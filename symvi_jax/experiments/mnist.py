@@ -124,6 +124,7 @@ class Config:
     collapse_kl: float = 0.05
     compile_workers: int = 1
     train_workers: int = 1
+    eval_workers: int = 1
     eval_xla_optimization_level: Optional[int] = None
 
     def validate(self):
@@ -141,7 +142,7 @@ class Config:
             raise ValueError(f"config key 'methods' has duplicates: {self.methods}")
         for key in ("num_hidden_layers", "num_epochs", "batch_size", "num_samples", "num_seeds", "num_eval_samples",
                     "eval_chunk_size", "mi_num_permutations", "mi_num_samples", "compile_workers",
-                    "train_workers"):
+                    "train_workers", "eval_workers"):
             if getattr(self, key) < 1:
                 raise ValueError(f"config key {key!r} must be >= 1, got {getattr(self, key)}")
         for key in ("learning_rate", "prior_scale", "init_scale", "collapse_kl"):
@@ -250,7 +251,8 @@ def _train_program(config: Config, width: int, size: int, num_inputs: int, metho
         return model.apply({"params": p}, x)
 
     loglik = likelihoods.categorical(apply_fn)
-    template = model.init(jax.random.key(0), jnp.zeros((1, num_inputs)))["params"]
+    # shapes only: an eager init compiles its ops one by one (2-2.5 s per width on the 2-core CPU)
+    template = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, num_inputs)))["params"])
     group = PermutationGroup.from_params(template)
     max_k = max(k for k, _ in methods)
     kl_weight = 1.0 if config.kl_scale == "dataset" else size / config.batch_size
@@ -391,8 +393,9 @@ def _compile_programs(config: Config, train, test, ood, methods, seed_keys):
             train_fn, apply_fn, group = _train_program(config, width, int(x_train.shape[0]), int(x_train.shape[1]),
                                                        methods)
             lowered = train_fn.lower(block_spec, *data_specs)
-            # the evaluate program takes num_seeds runs at a time (``_evaluate_distinct``)
-            q_spec = jax.tree.map(lambda s: jax.ShapeDtypeStruct((seed_keys.shape[0],) + s.shape[1:], s.dtype),
+            # the evaluate program takes a block of runs at a time (``_eval_block``, ``_evaluate_distinct``)
+            eval_block = _eval_block(seed_keys.shape[0], config.eval_workers)
+            q_spec = jax.tree.map(lambda s: jax.ShapeDtypeStruct((eval_block,) + s.shape[1:], s.dtype),
                                   lowered.out_info[0])
             compiling.append(pool.submit(lowered.compile))
             run_keys = jax.ShapeDtypeStruct((jax.tree.leaves(q_spec)[0].shape[0],), seed_keys.dtype)
@@ -419,7 +422,8 @@ def _seed_blocks(num_seeds: int, train_workers: int) -> int:
 
 def _train_blocks(train_fn, seed_keys, data, workers: int, num_methods: int):
     """``train_fn(seed_keys, *data)``, with the seeds split into ``workers`` equal blocks trained at once
-    from as many threads and their runs put back method-major (run r = method r // S, seed r % S).
+    from as many threads and their runs put back method-major (run r = method r // S, seed r % S), as numpy
+    arrays (joined on the host, so no small program is compiled per leaf shape).
 
     Each seed's runs are the same lanes of a program whichever block holds them; whether that program
     rounds as the one call's depends on the block size (``_seed_blocks``). Two blocks
@@ -427,21 +431,33 @@ def _train_blocks(train_fn, seed_keys, data, workers: int, num_methods: int):
     (benchmarks/RESULTS.md, "One width's evaluation, compilation and training step, profiled").
     """
     if workers == 1:
-        return jax.block_until_ready(train_fn(seed_keys, *data))
+        return jax.device_get(train_fn(seed_keys, *data))
     size = seed_keys.shape[0] // workers
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        outs = list(pool.map(lambda i: jax.block_until_ready(train_fn(seed_keys[i * size:(i + 1) * size], *data)),
+        outs = list(pool.map(lambda i: jax.device_get(train_fn(seed_keys[i * size:(i + 1) * size], *data)),
                              range(workers)))
 
-    def join(*blocks):  # each (methods * size, ...) method-major -> (methods * seeds, ...)
-        parts = [x.reshape((num_methods, size) + x.shape[1:]) for x in blocks]
-        joined = jnp.concatenate(parts, axis=1)
+    def join(*blocks):  # each (methods * size, ...) method-major -> (methods * seeds, ...), on the host
+        parts = [np.asarray(x).reshape((num_methods, size) + x.shape[1:]) for x in blocks]
+        joined = np.concatenate(parts, axis=1)
         return joined.reshape((-1,) + joined.shape[2:])
 
     return jax.tree.map(join, *outs)
 
 
-def _evaluate_distinct(evaluate_fn, q, run_keys, data, block: int):
+def _eval_block(num_seeds: int, eval_workers: int) -> int:
+    """Runs per call of the evaluate program: ``num_seeds`` split into ``eval_workers`` calls, rounded up,
+    and never fewer than 2 (a program over one run is the only block size not checked to give the same bits).
+
+    The program maps one run at a time (``lax.map``), so each run's metrics are the same bits whatever
+    the block: 10 and 5 runs per call gave every field of the Table 1 shapes' 160 rows bit for bit
+    (``benchmarks/mnist_bitwise.py``; ``tests/test_experiments_mnist.py`` checks 4 against 2). Two
+    calls from two threads overlap the one-core I^K terms of one run with the other's work
+    (benchmarks/RESULTS.md, "Tenth stop")."""
+    return min(num_seeds, max(2, -(-num_seeds // eval_workers)))
+
+
+def _evaluate_distinct(evaluate_fn, q, run_keys, data, block: int, workers: int = 1):
     """``evaluate_fn`` on every run, each distinct (q, evaluation key) pair evaluated once.
 
     Runs whose trained q and evaluation key are equal bit for bit get equal metrics from the
@@ -449,10 +465,12 @@ def _evaluate_distinct(evaluate_fn, q, run_keys, data, block: int):
     metrics. With common random numbers that is every SGM run whose q equals its seed's MFVI q (all
     of Table 1 at the paper's settings, docs/mnist.md), which cuts its evaluation 4-fold; runs that
     differ by a bit are all evaluated. ``evaluate_fn`` takes ``block`` runs per call (the compiled
-    shape); the last call is filled up with copies of the last distinct run. Returns (metrics of every
-    run as numpy arrays, the number of distinct runs).
+    shape); the last call is filled up with copies of the last distinct run. The calls run from
+    ``workers`` threads at once. Returns (metrics of every run as numpy arrays, the number of distinct
+    runs).
     """
-    leaves = [np.asarray(x) for x in jax.tree.leaves(jax.device_get(q))]
+    q = jax.tree.map(np.asarray, jax.device_get(q))  # indexed on the host: no gather program per leaf shape
+    leaves = jax.tree.leaves(q)
     key_bits = np.asarray(jax.random.key_data(run_keys))
     sizes = sorted({x.shape[0] for x in leaves})
     if sizes != [key_bits.shape[0]]:
@@ -464,9 +482,16 @@ def _evaluate_distinct(evaluate_fn, q, run_keys, data, block: int):
         source.append(first.setdefault(identity, r))
     distinct = sorted(set(source))
     order = np.asarray(distinct + [distinct[-1]] * (-len(distinct) % block))
-    outs = [jax.device_get(evaluate_fn(jax.tree.map(lambda x: x[order[i:i + block]], q), run_keys[order[i:i + block]],
-                                       *data))
-            for i in range(0, len(order), block)]
+    def call(i):
+        return jax.device_get(evaluate_fn(jax.tree.map(lambda x: x[order[i:i + block]], q),
+                                          run_keys[order[i:i + block]], *data))
+
+    starts = range(0, len(order), block)
+    if workers == 1 or len(starts) == 1:
+        outs = [call(i) for i in starts]
+    else:
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            outs = list(pool.map(call, starts))
     merged = jax.tree.map(lambda *xs: np.concatenate(xs), *outs)
     position = np.asarray([distinct.index(r) for r in source])
     return jax.tree.map(lambda x: x[position], merged), len(distinct)
@@ -475,7 +500,7 @@ def _evaluate_distinct(evaluate_fn, q, run_keys, data, block: int):
 def _config_digest(config: Config) -> str:
     """sha256 of every config key that changes a width's results (not ``widths`` or compile threads)."""
     fields = {k: v for k, v in dataclasses.asdict(config).items()
-              if k not in ("widths", "compile_workers", "train_workers")}
+              if k not in ("widths", "compile_workers", "train_workers", "eval_workers")}
     for key, default in (("kl_scale", "dataset"), ("eval_xla_optimization_level", None)):
         if fields[key] == default:  # added later: at its default it leaves the digest (and --resume) as before
             del fields[key]
@@ -549,7 +574,9 @@ def run(config: Config, *, checkpoint_dir: Optional[str] = None, resume: bool = 
         # evaluation keys paired like the training keys: run r = method r // S, seed r % S gets key r % S
         eval_key = jax.random.fold_in(jax.random.key(config.seed), int(width))
         run_keys = jnp.tile(jax.random.split(eval_key, config.num_seeds), len(methods))
-        metrics, num_distinct = _evaluate_distinct(evaluate_fn, q, run_keys, device_data[2:], config.num_seeds)
+        metrics, num_distinct = _evaluate_distinct(evaluate_fn, q, run_keys, device_data[2:],
+                                                   _eval_block(config.num_seeds, config.eval_workers),
+                                                   config.eval_workers)
         t2 = time.perf_counter()
         timings.append((int(width), t1 - t0, t2 - t1))
         num_runs = len(methods) * config.num_seeds
