@@ -15,7 +15,9 @@ every method from the same initial means and gives them the same minibatches, th
 evaluation keys, so SGM - MFVI differences are paired. The train and evaluate programs of all
 widths are compiled ahead of time (``compile_workers`` threads) before any of them runs; a width's
 seeds train in up to ``train_workers`` equal blocks at once, one thread each (the Table 1 config's 5
-blocks of 2 seeds round differently from one call in the last bits; see ``_seed_blocks``).
+blocks of 2 seeds round differently from one call in the last bits; see ``_seed_blocks``), and its
+distinct runs are evaluated in calls of ``num_seeds / eval_workers`` runs, ``eval_workers`` at once
+(the same bits whatever the split; see ``_eval_block``).
 ``eval_xla_optimization_level`` (null: XLA's default) compiles the evaluate programs at that XLA
 backend optimisation level: at 1 the width-30 program compiled 2.4x faster and ran 1.01x as long
 (``benchmarks/table1_opt_level.py``), and rounds differently in the last bits; the Table 1 config uses 1.
