@@ -42,6 +42,18 @@ def run_tree(tree: str, config: dict, out: Path, xla_flags: str = "") -> dict:
     return json.loads(out.read_text())
 
 
+def with_data_paths(config: dict) -> dict:
+    """``config`` with ``data`` and ``ood_data`` set, where unset, to the MNIST and Fashion-MNIST files found
+    from here, by absolute path (so that runs in other trees and directories read the same files)."""
+    from symvi_jax import data
+
+    for key, name in (("data", "mnist"), ("ood_data", "fashion_mnist")):
+        found = [path for path in data.default_search_paths(name) if path.exists()]
+        if config.get(key) is None and found:
+            config[key] = str(found[0].resolve())
+    return config
+
+
 def compare(base_rows: list, new_rows: list) -> list:
     """The (row index, key, base, new) of every field that differs (timings excepted)."""
     if len(base_rows) != len(new_rows):
@@ -62,13 +74,7 @@ def main(argv=None) -> int:
     p.add_argument("--new-xla-flags", default="", help="XLA_FLAGS added for the new tree's run only")
     p.add_argument("--new-config", default=None, help="JSON overrides for the new tree's run only")
     args = p.parse_args(argv)
-    config = dict(CONFIG, **(json.loads(args.config) if args.config else {}))
-    from symvi_jax import data  # the data files, found from here, passed to both runs by absolute path
-
-    for key, name in (("data", "mnist"), ("ood_data", "fashion_mnist")):
-        found = [path for path in data.default_search_paths(name) if path.exists()]
-        if config.get(key) is None and found:
-            config[key] = str(found[0].resolve())
+    config = with_data_paths(dict(CONFIG, **(json.loads(args.config) if args.config else {})))
     with tempfile.TemporaryDirectory() as tmp:
         base = run_tree(args.base, config, Path(tmp) / "base.json")
         new_config = dict(config, **(json.loads(args.new_config) if args.new_config else {}))

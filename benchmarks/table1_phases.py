@@ -18,14 +18,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import statistics
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-from mnist_bitwise import compare
+from mnist_bitwise import compare, with_data_paths
 
 CONFIG = dict(num_train=1000, num_epochs=1, num_test=1000)
 
@@ -62,13 +61,7 @@ def main(argv=None) -> int:
     p.add_argument("--new-config", default=None, help="JSON overrides for the new tree's runs only")
     p.add_argument("--json", default=None, help="write the runs' phase times here")
     args = p.parse_args(argv)
-    config = dict(CONFIG, **(json.loads(args.config) if args.config else {}))
-    from symvi_jax import data  # the data files, found from here, passed to both trees by absolute path
-
-    for key, name in (("data", "mnist"), ("ood_data", "fashion_mnist")):
-        found = [path for path in data.default_search_paths(name) if path.exists()]
-        if config.get(key) is None and found:
-            config[key] = str(found[0].resolve())
+    config = with_data_paths(dict(CONFIG, **(json.loads(args.config) if args.config else {})))
     new_config = dict(config, **(json.loads(args.new_config) if args.new_config else {}))
     runs = {"base": [], "new": []}
     with tempfile.TemporaryDirectory() as tmp:
