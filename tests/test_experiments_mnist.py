@@ -227,9 +227,9 @@ def test_evaluate_program_gives_each_run_the_same_bits_in_blocks_from_threads():
     evaluate_fn = mnist._evaluate_program(config, apply_fn, group)
     whole, distinct = mnist._evaluate_distinct(evaluate_fn, q, keys, data, block=4)
     halves, _ = mnist._evaluate_distinct(evaluate_fn, q, keys, data, block=mnist._eval_block(4, 2), workers=2)
-    assert distinct == 4
-    for name in whole:
-        np.testing.assert_array_equal(jax.tree.leaves(whole[name]), jax.tree.leaves(halves[name]))
+    assert distinct == 4 and jax.tree.structure(whole) == jax.tree.structure(halves)
+    for a, b in zip(jax.tree.leaves(whole), jax.tree.leaves(halves)):
+        np.testing.assert_array_equal(a, b)
 
 
 def test_seed_blocks_are_equal_and_hold_two_seeds_or_more():

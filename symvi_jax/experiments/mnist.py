@@ -449,7 +449,8 @@ def _train_blocks(train_fn, seed_keys, data, workers: int, num_methods: int):
 
 def _eval_block(num_seeds: int, eval_workers: int) -> int:
     """Runs per call of the evaluate program: ``num_seeds`` split into ``eval_workers`` calls, rounded up,
-    and never fewer than 2 (a program over one run is the only block size not checked to give the same bits).
+    and at least 2 where there are 2 seeds or more (a program over one run is the one block size not
+    checked to give the same bits).
 
     The program maps one run at a time (``lax.map``), so each run's metrics are the same bits whatever
     the block: 10 and 5 runs per call gave every field of the Table 1 shapes' 160 rows bit for bit
@@ -484,6 +485,7 @@ def _evaluate_distinct(evaluate_fn, q, run_keys, data, block: int, workers: int 
         source.append(first.setdefault(identity, r))
     distinct = sorted(set(source))
     order = np.asarray(distinct + [distinct[-1]] * (-len(distinct) % block))
+
     def call(i):
         return jax.device_get(evaluate_fn(jax.tree.map(lambda x: x[order[i:i + block]], q),
                                           run_keys[order[i:i + block]], *data))
