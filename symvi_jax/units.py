@@ -198,6 +198,27 @@ def _inverse_rows(p: Array) -> Array:
     return jax.vmap(lambda row: jnp.zeros_like(row).at[row].set(jnp.arange(d, dtype=row.dtype)))(p)
 
 
+def _nan_like(tree: ArrayTree) -> ArrayTree:
+    return jax.tree.map(lambda x: jnp.full_like(x, jnp.nan), tree)
+
+
+@jax.custom_batching.custom_vmap
+def _kept(tree: ArrayTree, ok: Array) -> ArrayTree:
+    """``tree`` if ``ok`` else NaNs, through a ``lax.cond`` that stays a conditional under ``vmap``.
+
+    Batched, the predicate is reduced to ``all(ok)``: jax's own batching rule would turn the
+    conditional into a select, which XLA fuses through.
+    """
+    return jax.lax.cond(ok, lambda t: t, _nan_like, tree)
+
+
+@_kept.def_vmap
+def _kept_batched(axis_size, in_batched, tree, ok):
+    tree_batched, ok_batched = in_batched
+    return _kept(tree, jnp.all(ok) if ok_batched else ok), tree_batched
+
+
+@jax.custom_vjp
 def _materialised(tree: ArrayTree, index: Array) -> ArrayTree:
     """``tree`` unchanged, computed once into memory: XLA fuses it into none of its consumers.
 
@@ -208,14 +229,28 @@ def _materialised(tree: ArrayTree, index: Array) -> ArrayTree:
     does not prevent it (XLA:CPU removes barriers before fusing), but a conditional is a boundary
     XLA keeps: ``tree`` goes through one whose predicate, ``index[0, 0] >= 0``, holds for every
     permutation index and cannot be folded by the compiler; the other branch, never taken, gives
-    NaN. Under ``jax.vmap`` with a batched ``index`` jax makes the conditional a select and XLA
-    fuses as before. The values are the same bits; the arithmetic around them may fuse, and so
-    round, differently (benchmarks/RESULTS.md, "Eighth stop": 0.72x the symmetrized step at width
-    1024, 0.90x at width 30). Each factor passes whole trees; for nets with several factors that is
-    a copy per leaf and factor; it measured 0.96-1.03x the step before at 30x30 and 256x256.
+    NaN. The cotangents go through the same conditional on the way back (the custom VJP). Under
+    ``jax.vmap`` (Table 1's seed blocks) the predicate is reduced over the batch (``_kept``), so
+    the boundary stays where jax's own rule would make a select that XLA fuses through. The
+    values are the same bits; the arithmetic around them may fuse, and so round, differently
+    (benchmarks/RESULTS.md, "Eighth stop": 0.72x the symmetrized step at width 1024, 0.90x at
+    width 30; "Eleventh stop": 0.76x Table 1's width-30 seed block). Each factor passes whole
+    trees; for nets with several factors that is a copy per leaf and factor; it measured
+    0.96-1.03x the step before at 30x30 and 256x256.
     """
-    return jax.lax.cond(index.ravel()[0] >= 0, lambda t: t,
-                        lambda t: jax.tree.map(lambda x: jnp.full_like(x, jnp.nan), t), tree)
+    return _kept(tree, index.ravel()[0] >= 0)
+
+
+def _materialised_fwd(tree: ArrayTree, index: Array):
+    ok = index.ravel()[0] >= 0
+    return _kept(tree, ok), ok
+
+
+def _materialised_bwd(ok: Array, ct: ArrayTree):
+    return _kept(ct, ok), None
+
+
+_materialised.defvjp(_materialised_fwd, _materialised_bwd)
 
 
 @jax.custom_vjp

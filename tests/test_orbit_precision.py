@@ -135,3 +135,17 @@ def test_orbit_terms_read_their_inputs_through_a_conditional_with_the_same_value
     per_batch = jax.jit(jax.vmap(lambda s: terms(q, w, s)))(batched)
     np.testing.assert_allclose(per_batch[0], reference(q, w, signed), rtol=1e-6, atol=1e-6)
     assert np.all(np.isfinite(per_batch))
+    # under vmap (Table 1's seed blocks batch q, w and the draws) the conditional stays one, forward
+    # and backward, instead of becoming a select that XLA fuses through
+    qs, ws = (jax.tree.map(lambda x: jnp.stack([x, x + 0.01]), t) for t in (q, w))
+    batched_loss = jax.vmap(jax.value_and_grad(lambda q, w, s: jnp.sum(terms(q, w, s)), argnums=(0, 1)))
+    jaxpr = str(jax.make_jaxpr(batched_loss)(qs, ws, batched))
+    assert jaxpr.count("cond[") >= 2  # jax's own rule leaves none: a batched predicate makes a select
+    values, grads = batched_loss(qs, ws, batched)
+    for b in range(2):
+        pick = lambda t: jax.tree.map(lambda x: x[b], t)  # noqa: E731
+        value_ref, grads_ref = jax.value_and_grad(
+            lambda q, w: jnp.sum(reference(q, w, pick(batched))), argnums=(0, 1))(pick(qs), pick(ws))
+        np.testing.assert_allclose(values[b], value_ref, rtol=1e-6)
+        for a, r in zip(jax.tree.leaves(grads), jax.tree.leaves(grads_ref)):
+            np.testing.assert_allclose(np.asarray(a)[b], np.asarray(r), rtol=1e-5, atol=1e-6)
