@@ -234,9 +234,10 @@ def _materialised(tree: ArrayTree, index: Array) -> ArrayTree:
     the boundary stays where jax's own rule would make a select that XLA fuses through. The
     values are the same bits; the arithmetic around them may fuse, and so round, differently
     (benchmarks/RESULTS.md, "Eighth stop": 0.72x the symmetrized step at width 1024, 0.90x at
-    width 30; "Eleventh stop": 0.76x Table 1's width-30 seed block). Each factor passes whole
-    trees; for nets with several factors that is a copy per leaf and factor; it measured
-    0.96-1.03x the step before at 30x30 and 256x256.
+    width 30; "Eleventh stop": 0.76x Table 1's width-30 seed block, and 1.02-1.03x an unbatched
+    width-30 symmetrized epoch against jax's own differentiation of the conditional). Each factor
+    passes whole trees; for nets with several factors that is a copy per leaf and factor; it
+    measured 0.96-1.03x the step before at 30x30 and 256x256.
     """
     return _kept(tree, index.ravel()[0] >= 0)
 
