@@ -54,6 +54,7 @@ __all__ = [
     "SymmetryReport",
     "layer_mutual_information",
     "unit_kl",
+    "collapsed_unit_counts",
     "collapsed_units",
     "nearest_equivalent_distance",
     "theorem_3_1_bound",
@@ -155,8 +156,10 @@ def layer_mutual_information(
       temperature, num_iterations: the proposal's tempering and Sinkhorn iterations.
       exact_max_width: widest layer computed exactly (at most ``permanent.MAX_WIDTH``).
 
-    Not jit-compatible as a whole (it dispatches per factor in Python); each factor's terms are
-    one jitted program, compiled once per (group, factor, shapes) and reused across calls.
+    jit- and vmap-compatible, with ``group`` and the settings static (``symvi-jax cnn`` runs it for
+    every seed in one program). Called eagerly, each factor's terms are one jitted program,
+    compiled once per (group, factor, shapes) and reused across calls; the weight draws and the
+    reductions around them then run op by op, so they may round differently in the last bit.
     """
     _check_group(group)
     _checks.positive_int(num_samples, "num_samples")
@@ -200,13 +203,24 @@ def unit_kl(q: MeanFieldState, group: WeightSymmetry, prior_scale: float = 1.0) 
     return tuple(out)
 
 
+def collapsed_unit_counts(
+    q: MeanFieldState, group: WeightSymmetry, prior_scale: float = 1.0, *, threshold: float = 1.0
+) -> Array:
+    """Per hidden layer, the number of units whose KL(q_unit || prior) is below ``threshold`` nats.
+
+    An int array, one entry per factor; jit- and vmap-compatible (``group``, ``prior_scale`` and
+    ``threshold`` static). :func:`collapsed_units` gives the same counts as Python ints.
+    """
+    if not (isinstance(threshold, (int, float, np.floating)) and threshold > 0):
+        raise ValueError(f"threshold must be a number > 0 (nats), got {threshold!r}")
+    return jnp.stack([jnp.sum(kl < threshold) for kl in unit_kl(q, group, prior_scale)])
+
+
 def collapsed_units(
     q: MeanFieldState, group: WeightSymmetry, prior_scale: float = 1.0, *, threshold: float = 1.0
 ) -> tuple[int, ...]:
     """The number of units per hidden layer whose KL(q_unit || prior) is below ``threshold`` nats."""
-    if not (isinstance(threshold, (int, float, np.floating)) and threshold > 0):
-        raise ValueError(f"threshold must be a number > 0 (nats), got {threshold!r}")
-    return tuple(int(jnp.sum(kl < threshold)) for kl in unit_kl(q, group, prior_scale))
+    return tuple(int(n) for n in collapsed_unit_counts(q, group, prior_scale, threshold=threshold))
 
 
 def nearest_equivalent_distance(params: ArrayTree, group: WeightSymmetry) -> Array:

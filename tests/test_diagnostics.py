@@ -77,6 +77,25 @@ def test_collapsed_units_are_counted():
     output_bias = meanfield.kl_to_normal(
         meanfield.MeanFieldState({"b": q.loc["Dense_1"]["bias"]}, {"b": q.raw_scale["Dense_1"]["bias"]}), prior_scale)
     np.testing.assert_allclose(jnp.sum(kl[0]), total - output_bias, rtol=1e-5)
+    # the array form jits and vmaps (as symvi-jax cnn runs it over seeds) and counts the same
+    counts = jax.jit(lambda q: diagnostics.collapsed_unit_counts(q, group, prior_scale))(q)
+    np.testing.assert_array_equal(counts, [2])
+    stacked = jax.tree.map(lambda a, b: jnp.stack([a, b]), q, random_q(3, 3, (5, 2), loc_scale=0.3, scale=0.05)[0])
+    per_q = jax.jit(jax.vmap(lambda q: diagnostics.collapsed_unit_counts(q, group, prior_scale)))(stacked)
+    np.testing.assert_array_equal(per_q, [[2], [0]])
+
+
+def test_layer_mutual_information_jits_and_vmaps_over_posteriors():
+    # symvi-jax cnn computes every seed's diagnostics in one jitted, vmapped program
+    q0, group = random_q(4, 2, (3, 2, 1), loc_scale=0.4, scale=0.5)
+    q1, _ = random_q(5, 2, (3, 2, 1), loc_scale=0.4, scale=0.5)
+    qs = jax.tree.map(lambda a, b: jnp.stack([a, b]), q0, q1)
+    keys = jax.random.split(jax.random.key(6), 2)
+    both = jax.jit(jax.vmap(lambda q, k: diagnostics.layer_mutual_information(k, q, group, num_samples=50)))(qs, keys)
+    for i, q in enumerate((q0, q1)):
+        one = diagnostics.layer_mutual_information(keys[i], q, group, num_samples=50)
+        np.testing.assert_allclose(both.mutual_information[i], one.mutual_information, rtol=1e-5, atol=1e-6)
+        np.testing.assert_array_equal(both.exact[i], one.exact)
 
 
 def test_nearest_equivalent_distance_is_the_minimum_over_the_group():

@@ -133,6 +133,19 @@ def _evaluator(config: Config, apply_fn, x_test, y_test):
     return evaluate
 
 
+def _diagnostics(config: Config, group):
+    """One jitted program for every seed of a method: I_f per factor and the collapsed channels.
+
+    ``states.q`` (seeds leading), per-seed keys -> (``LayerMutualInformation`` per seed, counts
+    ``(seeds, factors)``), vmapped over the seeds instead of run per seed op by op.
+    """
+    def one(q, key):
+        layers = diagnostics.layer_mutual_information(key, q, group, num_samples=config.num_mi_samples)
+        return layers, diagnostics.collapsed_unit_counts(q, group, config.prior_scale, threshold=config.collapse_kl)
+
+    return jax.jit(jax.vmap(one))
+
+
 def run(config: Config) -> Result:
     start = time.perf_counter()
     x_train, y_train, x_test, y_test = _load(config)
@@ -143,6 +156,9 @@ def run(config: Config) -> Result:
     train = (jnp.asarray(x_train), jnp.asarray(y_train))
     seed_keys = jax.random.split(jax.random.key(config.seed + 1), config.num_seeds)
     evaluate = _evaluator(config, apply_fn, x_test, y_test)
+    diagnose = _diagnostics(config, group)
+    # every seed's evaluation and diagnostic keys, split the same way as one seed at a time
+    keys_eval, keys_mi = jnp.moveaxis(jax.vmap(lambda k: jax.random.split(jax.random.fold_in(k, 7)))(seed_keys), 1, 0)
     rows, timings = [], {}
     for method in config.methods:
         algorithm = _algorithm(config, method, apply_fn, group, len(y_train))
@@ -152,20 +168,19 @@ def run(config: Config) -> Result:
         began = time.perf_counter()
         states, infos = jax.block_until_ready(trainer(seed_keys))
         timings[method] = time.perf_counter() - began
+        layers, collapsed = jax.device_get(diagnose(states.q, keys_mi))
+        q_host = jax.device_get(states.q)  # one seed's q is then a host slice, not an eager op
         for seed in range(config.num_seeds):
-            q = jax.tree.map(lambda x: x[seed], states.q)
-            key_eval, key_mi = jax.random.split(jax.random.fold_in(seed_keys[seed], 7))
-            layers = diagnostics.layer_mutual_information(key_mi, q, group, num_samples=config.num_mi_samples)
-            collapsed = diagnostics.collapsed_units(q, group, config.prior_scale, threshold=config.collapse_kl)
+            q = jax.tree.map(lambda x: x[seed], q_host)
             rows.append(dict(
                 dataset=config.dataset, method=method, seed=seed, num_train=len(y_train),
                 final_objective_per_example=float(infos.objective[seed, -1].mean()) / len(y_train),
                 final_mutual_information=float(infos.mutual_information[seed, -1].mean()),
                 factor_names=[f.name for f in group.factors], factor_sizes=list(group.sizes),
-                mi_per_factor=[float(v) for v in layers.mutual_information],
-                mi_fraction_per_factor=[float(v) for v in layers.fraction],
-                collapsed_channels=list(collapsed),
-                **evaluate(q, key_eval),
+                mi_per_factor=[float(v) for v in layers.mutual_information[seed]],
+                mi_fraction_per_factor=[float(v) for v in layers.fraction[seed]],
+                collapsed_channels=[int(v) for v in collapsed[seed]],
+                **evaluate(q, keys_eval[seed]),
             ))
     total = time.perf_counter() - start
     return Result(rows=rows, markdown=_markdown(config, group, report, rows, timings, total))
