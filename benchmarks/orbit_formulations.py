@@ -16,15 +16,23 @@ respect to (x, m, s) under a fixed cotangent g (the loss sum_k g_k t_k):
 Each is timed as 50 value-and-gradient calls in one ``lax.scan``, interleaved with ``loop``
 (medians), and its value and gradient are compared with ``loop``'s (relative max difference).
 
+``--base REV`` times the library's loop against its own version at git revision REV instead (the
+only other contender, ``base``; ``regression.import_base``), at ``--widths`` and ``--k``.
+
     PYTHONPATH=.:benchmarks python benchmarks/orbit_formulations.py [--repeats 11]
+    PYTHONPATH=.:benchmarks python benchmarks/orbit_formulations.py --base f948f53 --widths 5 10 30 1024 --k 20
 """
 
 from __future__ import annotations
+
+import tempfile
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 
 from _harness import interleaved_medians, markdown_table, parser, write_json
+from regression import import_base
 from symvi_jax import units
 
 NUM_FEATURES = 795  # a 784-d-10 net's unit: 784 incoming weights, a bias, 10 outgoing weights
@@ -121,16 +129,22 @@ def programs(terms, p, g):
 def main():
     p = parser(__doc__.splitlines()[0], "benchmarks/results/cpu/orbit_formulations.json")
     p.add_argument("--k", type=int, default=20)
+    p.add_argument("--widths", type=int, nargs="+", default=None)
+    p.add_argument("--base", default=None, help="time the loop against the library at this git revision")
     args = p.parse_args()
-    widths = (5, 30) if args.quick else (5, 10, 20, 30, 64)
+    widths = args.widths or ((5, 30) if args.quick else (5, 10, 20, 30, 64))
+    contenders = dict(CONTENDERS)
+    if args.base is not None:
+        base = import_base(args.base, Path(tempfile.mkdtemp()))
+        contenders = {"loop": units.assignment_log_ratio_terms, "base": base.units.assignment_log_ratio_terms}
     records, rows = [], []
     for width in widths:
         inputs, perms, g = problem(width, args.k)
-        built = {name: programs(fn, perms, g) for name, fn in CONTENDERS.items()}
+        built = {name: programs(fn, perms, g) for name, fn in contenders.items()}
         value0, grads0 = built["loop"][0](*inputs)
         times = interleaved_medians({name: (lambda run=run: run(*inputs)) for name, (_, run) in built.items()},
                                     repeats=3 if args.quick else args.repeats)
-        for name in ("pairwise", "batched"):
+        for name in (n for n in contenders if n != "loop"):
             value, grads = built[name][0](*inputs)
             value_err = float(jnp.abs(value - value0) / jnp.abs(value0))
             grad_err = max(float(jnp.max(jnp.abs(a - b)) / jnp.max(jnp.abs(b))) for a, b in zip(grads, grads0))
