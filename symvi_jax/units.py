@@ -265,8 +265,8 @@ def _paired_ratios(x: Array, loc: Array, precision: Array, p: Array, s: Array) -
 
     One k at a time (``lax.map``; the backward pass a ``lax.scan``), holding O(d C): on the CPU,
     all K at once (a (K, d, C) array reduced over K) was 26-99x slower (benchmarks/RESULTS.md).
-    The sum over c is a product with a vector of ones (:func:`_row_sums`), 0.7-0.9x the time of
-    a reduction on XLA:CPU ("Thirteenth stop").
+    The sum over c is a product with a vector of ones (:func:`_row_sums`): per assignment, 0.5-0.7x
+    the time of a float reduction on XLA:CPU (benchmarks/RESULTS.md, "Thirteenth stop").
     """
     r = x - loc
 
