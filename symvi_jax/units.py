@@ -255,7 +255,7 @@ _materialised.defvjp(_materialised_fwd, _materialised_bwd)
 
 
 def _row_sums(a: Array) -> Array:
-    """sum_c a[i, c] as a matrix-vector product: XLA:CPU vectorises a dot, not a float reduction."""
+    """sum_c a[i, c] as a matrix-vector product, which XLA:CPU runs faster than a float reduction."""
     return jnp.matmul(a, jnp.ones(a.shape[-1], a.dtype), precision=jax.lax.Precision.HIGHEST)
 
 
