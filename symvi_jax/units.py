@@ -34,6 +34,7 @@ units however far they sit from each other (docs/estimators.md, section 2.1), at
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Mapping, NamedTuple, Optional
 
@@ -323,8 +324,89 @@ def _paired_ratios_bwd(residuals, g):
 _paired_ratios.defvjp(_paired_ratios_fwd, _paired_ratios_bwd)
 
 
+def _matvec(a: Array, b: Array) -> Array:
+    return jnp.matmul(a, b, precision=jax.lax.Precision.HIGHEST)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(5,))
+def _pair_ratios(x: Array, loc: Array, precision: Array, p: Array, s: Array, signed: bool) -> Array:
+    """The terms t_k of :func:`_paired_ratios` read off the (slot, unit) pair matrices.
+
+    P[i, j] = -1/2 sum_c a_ic delta_ijc (delta_ijc + 2 r_ic) with delta_ij = x_j - x_i (and
+    P^-[i, j] with delta_ij = -x_j - x_i), formed one slot i at a time from the same differences,
+    then t_k = sum_i P^{s_k(i)}[i, p_k(i)]. d (or 2d) passes over the (d, C) units instead of one
+    per assignment, and no row gathers; P[i, i] = 0 exactly.
+    """
+    def one(row):
+        xi, li, ai = row
+        plus = x - xi
+        out = _matvec(plus * (plus + 2.0 * (xi - li)), ai)
+        if not signed:
+            return out, out
+        minus = -x - xi
+        return out, _matvec(minus * (minus + 2.0 * (xi - li)), ai)
+
+    pair_plus, pair_minus = jax.lax.map(one, (x, loc, precision))
+    slots = jnp.arange(x.shape[0])
+    picked = pair_plus[slots, p]
+    if signed:
+        picked = jnp.where(s < 0, pair_minus[slots, p], picked)
+    return -0.5 * jnp.sum(picked, axis=1)
+
+
+def _pair_ratios_fwd(x, loc, precision, p, s, signed):
+    return _pair_ratios(x, loc, precision, p, s, signed), (x, loc, precision, p, s)
+
+
+def _pair_ratios_bwd(signed, residuals, g):
+    # With W^s[i, j] = sum_k g_k [p_k(i) = j, s_k(i) = s], sum_k g_k t_k = sum_ij W^+_ij P_ij + W^-_ij P^-_ij, and
+    #   dP^s_ij/dx_j = -s a_i (s x_j - m_i),  dP^s_ij/dx_i = a_i r_i,  dP^s_ij/dm_i = a_i delta_ij,
+    #   dP^s_ij/da_i = -delta_ij (delta_ij + 2 r_i) / 2:
+    # the gradient of :func:`_paired_ratios_bwd` with the sums over k taken inside W, one slot i at a
+    # time. A unit kept in its slot with its sign (P[i, i] = 0) gets no weight: W^+ has a zero diagonal.
+    x, loc, precision, p, s = residuals
+    d = x.shape[0]
+    slots = jnp.broadcast_to(jnp.arange(d, dtype=p.dtype), p.shape)
+    weights = jnp.broadcast_to(g[:, None], p.shape)
+    w_plus = jnp.zeros((d, d), g.dtype).at[slots, p].add(jnp.where((p == slots) | (s < 0), 0.0, weights))
+    w_minus = jnp.zeros((d, d), g.dtype).at[slots, p].add(jnp.where(s < 0, weights, 0.0)) if signed else w_plus
+
+    def body(b, row):
+        xi, li, ai, wp, wm = row
+        ri = xi - li
+        plus = x - xi
+        d_loc = _matvec(wp, plus)
+        d_a = _matvec(wp, plus * (plus + 2.0 * ri))
+        b = b + wp[:, None] * (ai * (x - li))
+        if signed:
+            minus = -x - xi
+            d_loc = d_loc + _matvec(wm, minus)
+            d_a = d_a + _matvec(wm, minus * (minus + 2.0 * ri))
+            b = b + wm[:, None] * (ai * (x + li))
+        return b, (ai * d_loc, -0.5 * d_a)
+
+    b, (d_loc, d_precision) = jax.lax.scan(body, jnp.zeros_like(x), (x, loc, precision, w_plus, w_minus))
+    weight = jnp.sum(w_plus, axis=1) + (jnp.sum(w_minus, axis=1) if signed else 0.0)
+    d_x = -b + precision * (x - loc) * weight[:, None]
+    return d_x, d_loc, d_precision, None, None
+
+
+_pair_ratios.defvjp(_pair_ratios_fwd, _pair_ratios_bwd)
+
+FORMULATIONS = ("auto", "assignments", "pairs")
+
+
+def _uses_pairs(num_units: int, num_assignments: int, signed: bool) -> bool:
+    """The ``"auto"`` choice: pairs where d (2d with sign flips) <= 4/3 (K - 1).
+
+    One pass of the pair form cost 0.67-0.73x one assignment's on XLA:CPU at d = 30, C = 795
+    (benchmarks/RESULTS.md, "Fourteenth stop"), so the form with fewer passes, with that margin.
+    """
+    return 3 * num_units * (2 if signed else 1) <= 4 * num_assignments
+
+
 def assignment_log_ratio_terms(
-    x: Array, loc: Array, sigma: Array, index: Array, signs: Optional[Array] = None
+    x: Array, loc: Array, sigma: Array, index: Array, signs: Optional[Array] = None, *, formulation: str = "auto"
 ) -> Array:
     """sum_i [log f_i(s_i u_{p(i)}) - log f_i(u_i)] for each assignment (p_k, s_k), centred per pair.
 
@@ -337,15 +419,27 @@ def assignment_log_ratio_terms(
     so each term is formed from the differences it is made of and its float32 error is a few eps
     times sum |delta| (|delta| + 2 |r|) / s^2, however far the units sit from each other or from
     zero (docs/estimators.md, section 2.1). The unit matrix's expansion instead cancels terms of
-    size ((x - c) / s)^2. O(K d C) work; the gradient is hand-written with gathers by the inverse
-    permutations (no scatter-add), so it differentiates in reverse mode only (``jax.grad``; for
-    forward mode use the unit matrix, ``orbits.assignment_log_ratios(..., method="matmul")``).
+    size ((x - c) / s)^2. The gradient is hand-written, so it differentiates in reverse mode only
+    (``jax.grad``; for forward mode use the unit matrix,
+    ``orbits.assignment_log_ratios(..., method="matmul")``).
+
+    Two formulations compute the same terms from the same differences:
+
+    * ``"assignments"``: one pass over the ``(d, C)`` units per assignment, O(K d C), with row
+      gathers x[p_k] (the backward pass gathers by the inverse permutations, no scatter-add);
+    * ``"pairs"``: the (slot, unit) matrix P[i, j] = -1/2 sum_c a_ic delta_ijc (delta_ijc + 2 r_ic),
+      delta_ij = x_j - x_i, one pass per slot i, O(d^2 C) (twice that with sign flips), then
+      t_k = sum_i P[i, p_k(i)]; the backward pass weighs P by W[i, j] = sum_k g_k [p_k(i) = j].
+
+    ``"auto"`` (default) takes the pairs where d (2d with sign flips) <= 4/3 K: the form with fewer
+    passes, each pair pass having measured 0.67-0.73x an assignment's on XLA:CPU.
 
     Args:
       x: the units of w, ``(d, C)``.
       loc, sigma: the slots' means and scales, ``(d, C)``.
       index: assignments p, ``(K, d)`` int (unit p[k, i] goes to slot i).
       signs: ``(K, d)`` +-1 (sign flips), or None.
+      formulation: ``"auto"``, ``"assignments"`` or ``"pairs"``; the same values up to rounding.
 
     Returns:
       ``(K,)``.
@@ -355,8 +449,14 @@ def assignment_log_ratio_terms(
                          f"{sigma.shape}")
     if index.ndim != 2 or index.shape[1] != x.shape[0]:
         raise ValueError(f"index must have shape (K, {x.shape[0]}) (K assignments of the d units), got {index.shape}")
+    if formulation not in FORMULATIONS:
+        raise ValueError(f"formulation must be one of {FORMULATIONS}, got {formulation!r}")
     s = jnp.ones(index.shape, x.dtype) if signs is None else signs.astype(x.dtype)
     precision = 1.0 / jnp.square(sigma)
+    if formulation == "auto":
+        formulation = "pairs" if _uses_pairs(x.shape[0], index.shape[0], signs is not None) else "assignments"
+    if formulation == "pairs":
+        return _pair_ratios(x, loc, precision, index, s, signs is not None)
     return _paired_ratios(x, loc, precision, index, s)
 
 

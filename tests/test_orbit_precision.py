@@ -81,7 +81,42 @@ def _tiny():
     return q, params, group.sample(jax.random.key(0), 2), group
 
 
-def test_units_an_assignment_keeps_in_place_get_exactly_zero_gradient():
+@pytest.mark.parametrize("signed", [False, True], ids=["permutations", "sign_flips"])
+@pytest.mark.parametrize("d,k", [(5, 7), (8, 3)])
+def test_pair_and_assignment_formulations_agree_in_float64(d, k, signed):
+    """units.assignment_log_ratio_terms's two formulations, values and hand-written gradients."""
+    kx, km, ks, kp, kg, kf = jax.random.split(jax.random.key(d * k), 6)
+    x = jax.random.normal(kx, (d, 11))
+    loc = x + 0.1 * jax.random.normal(km, x.shape)
+    sigma = 0.5 + jax.random.uniform(ks, x.shape)
+    index = jax.vmap(lambda key: jax.random.permutation(key, d))(jax.random.split(kp, k)).at[0].set(jnp.arange(d))
+    signs = jnp.where(jax.random.bernoulli(kf, 0.3, index.shape), -1.0, 1.0).at[0].set(1.0) if signed else None
+    weights = jax.random.normal(kg, (k,))
+
+    def value_and_grad(formulation):
+        def loss(x, loc, sigma):
+            return jnp.sum(weights * units.assignment_log_ratio_terms(x, loc, sigma, index, signs,
+                                                                      formulation=formulation))
+        terms = units.assignment_log_ratio_terms(x, loc, sigma, index, signs, formulation=formulation)
+        return terms, jax.grad(loss, argnums=(0, 1, 2))(x, loc, sigma)
+
+    terms_a, grads_a = value_and_grad("assignments")
+    terms_p, grads_p = value_and_grad("pairs")
+    assert terms_p[0] == 0.0  # the identity draw: every P[i, i] is exactly 0
+    np.testing.assert_allclose(terms_p, terms_a, rtol=1e-12, atol=1e-12)
+    for a, b in zip(grads_p, grads_a):
+        np.testing.assert_allclose(a, b, rtol=1e-11, atol=1e-11)
+    with pytest.raises(ValueError, match="formulation must be one of"):
+        units.assignment_log_ratio_terms(x, loc, sigma, index, signs, formulation="loop")
+
+
+def test_auto_formulation_takes_the_form_with_fewer_passes():
+    assert units._uses_pairs(30, 40, signed=False) and not units._uses_pairs(30, 19, signed=False)
+    assert units._uses_pairs(20, 19, signed=False) and not units._uses_pairs(20, 19, signed=True)
+
+
+@pytest.mark.parametrize("formulation", ["assignments", "pairs"])
+def test_units_an_assignment_keeps_in_place_get_exactly_zero_gradient(formulation):
     # t_k does not depend on a unit that assignment k leaves in its slot with its sign (delta = 0
     # identically), so draws that keep every unit (identity draws, whose InfoNCE weight is not 0)
     # must add exactly 0 to the gradient, not an FMA's rounding residue: with the other draws'
@@ -96,12 +131,13 @@ def test_units_an_assignment_keeps_in_place_get_exactly_zero_gradient():
     index = jnp.stack([identity, jnp.array([1, 0, 2, 4, 3]), identity, jnp.array([0, 2, 1, 3, 4])])
     weights = jnp.array([0.37, 0.0, 0.21, 0.0])  # only the identity draws carry weight
     grads = jax.jit(jax.grad(lambda x, loc, sigma: jnp.sum(weights * units.assignment_log_ratio_terms(
-        x, loc, sigma, index)), argnums=(0, 1, 2)))(x, loc, sigma)
+        x, loc, sigma, index, formulation=formulation)), argnums=(0, 1, 2)))(x, loc, sigma)
     for g in grads:
         np.testing.assert_array_equal(np.asarray(g), 0.0)
     # a unit kept in place by a weighted draw that moves others: its gradient is the other draws' only
     weights = jnp.array([0.0, 0.0, 0.0, 0.5])  # draw 3 swaps units 1 and 2, keeps 0, 3, 4
-    g_x = jax.jit(jax.grad(lambda x: jnp.sum(weights * units.assignment_log_ratio_terms(x, loc, sigma, index))))(x)
+    g_x = jax.jit(jax.grad(lambda x: jnp.sum(weights * units.assignment_log_ratio_terms(
+        x, loc, sigma, index, formulation=formulation))))(x)
     np.testing.assert_array_equal(np.asarray(g_x[jnp.array([0, 3, 4])]), 0.0)
     assert np.all(np.abs(np.asarray(g_x[1:3])) > 0)
 
