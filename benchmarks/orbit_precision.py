@@ -6,7 +6,8 @@ pairs sit ``spread`` sigma apart (per coordinate, standard normal times spread *
 common mean ``offset``). Swapping the two units of a pair changes log q by O(1) nats: these are the
 terms that matter in the orbit sums. Each is computed in float32 by ``orbits.assignment_log_ratios``
 (``method="matmul"``: the unit matrix A, as before; ``method="gather"``: the per-pair centred
-differences) and compared with a float64 reference that permutes the weights and evaluates log q
+differences, in the formulation ``"auto"`` picks) and by ``units.assignment_log_ratio_terms`` with
+``formulation="pairs"`` (the (slot, unit) pair matrices of the same differences), and compared with a float64 reference that permutes the weights and evaluates log q
 directly from the same (float32-rounded) inputs. The bound column is the error budget of the per-pair centred form,
 4 eps sum_{i,c} |delta_ic| (|delta_ic| + 2 |r_ic|) / s_ic^2 with delta = x_sigma(i) - x_i and r = x - m
 (see docs/estimators.md, section 2.1).
@@ -87,7 +88,7 @@ def difference_bound(q, w, group, swaps):
     return jax.vmap(one)(swaps[0])
 
 
-def measure(width=16, seed=0, cases=CASES, methods=("matmul", "gather")):
+def measure(width=16, seed=0, cases=CASES, methods=("matmul", "gather", "pairs")):
     """One row per case: the largest float32 error of each method and the bound (needs x64 on)."""
     if not jax.config.jax_enable_x64:
         raise ValueError("measure needs jax_enable_x64 for its float64 reference")
@@ -100,8 +101,13 @@ def measure(width=16, seed=0, cases=CASES, methods=("matmul", "gather")):
         row = dict(case=name, sigma=sigma, spread=spread, offset=offset, max_abs_term=float(np.max(np.abs(ref))),
                    bound=float(np.max(bound)))
         for method in methods:
-            ratios = jax.jit(orbits.assignment_log_ratios, static_argnames=("group", "method"))
-            got = np.asarray(ratios(q32, w32, swaps, group, method=method), np.float64)
+            if method == "pairs":
+                x, m, s = (units.unit_features(t, group, 0) for t in (w32, q32.loc, meanfield.scale(q32)))
+                terms = jax.jit(units.assignment_log_ratio_terms, static_argnames="formulation")
+                got = np.asarray(terms(x, m, s, swaps[0], formulation="pairs"), np.float64)
+            else:
+                ratios = jax.jit(orbits.assignment_log_ratios, static_argnames=("group", "method"))
+                got = np.asarray(ratios(q32, w32, swaps, group, method=method), np.float64)
             row[method] = float(np.max(np.abs(got - ref)))
         rows.append(row)
     return rows
@@ -116,9 +122,10 @@ def main():
     p.add_argument("--width", type=int, default=16)
     args = p.parse_args()
     rows = measure(args.width)
-    header = ["case", "max |term| (nats)", "float32 error, matmul", "float32 error, gather", "bound"]
+    header = ["case", "max |term| (nats)", "float32 error, matmul", "float32 error, gather", "float32 error, pairs",
+              "bound"]
     print(markdown_table(header, [[r["case"], f"{r['max_abs_term']:.3g}", f"{r['matmul']:.3g}", f"{r['gather']:.3g}",
-                                   f"{r['bound']:.3g}"] for r in rows]))
+                                   f"{r['pairs']:.3g}", f"{r['bound']:.3g}"] for r in rows]))
     write_json(args.json, dict(command="PYTHONPATH=. python benchmarks/orbit_precision.py", width=args.width,
                                rows=rows, complete=True))
 

@@ -104,8 +104,9 @@ def assignment_log_ratios(
 
     each difference A[i, j] - A[i, i] = -1/2 sum_c (x_j - x_i)(x_j + x_i - 2 m_i) / s_i^2 formed
     from the units' differences (``method="gather"``, ``units.assignment_log_ratio_terms``:
-    accurate in float32 for near-identical units, O(K d C)) or read off the d x d unit matrix
-    built with one matrix product (``method="matmul"``, O(d^2 C), the path before; it cancels
+    accurate in float32 for near-identical units, O(K d C), or O(d^2 C) where d is small against
+    K) or read off the d x d unit matrix built with one matrix product (``method="matmul"``,
+    O(d^2 C), the path before; it cancels
     terms of size ((x - c) / s)^2, docs/estimators.md section 2.1). Only the leaves moved by
     several factors (Dense kernels between two hidden layers) are gathered once per element
     (vmapped, or ``lax.map`` in chunks of ``chunk_size``). Everything not moved by G cancels.

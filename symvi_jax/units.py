@@ -29,7 +29,8 @@ O(d^2 C) memory. Use float64 for ground truth.
 The orbit terms themselves, sum_i (A[i, sigma(i)] - A[i, i]) for K assignments, do not need A:
 :func:`assignment_log_ratio_terms` forms them from the units' differences,
 -1/2 sum_c (x_jc - x_ic)(x_jc + x_ic - 2 m_ic) / s_ic^2, accurate in float32 for near-identical
-units however far they sit from each other (docs/estimators.md, section 2.1), at O(K d C).
+units however far they sit from each other (docs/estimators.md, section 2.1), at O(K d C) one
+assignment at a time, or O(d^2 C) from the (slot, unit) pair matrices where d is small against K.
 """
 
 from __future__ import annotations
@@ -329,7 +330,7 @@ def _matvec(a: Array, b: Array) -> Array:
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(5,))
-def _pair_ratios(x: Array, loc: Array, precision: Array, p: Array, s: Array, signed: bool) -> Array:
+def _pair_matrix_ratios(x: Array, loc: Array, precision: Array, p: Array, s: Array, signed: bool) -> Array:
     """The terms t_k of :func:`_paired_ratios` read off the (slot, unit) pair matrices.
 
     P[i, j] = -1/2 sum_c a_ic delta_ijc (delta_ijc + 2 r_ic) with delta_ij = x_j - x_i (and
@@ -354,11 +355,11 @@ def _pair_ratios(x: Array, loc: Array, precision: Array, p: Array, s: Array, sig
     return -0.5 * jnp.sum(picked, axis=1)
 
 
-def _pair_ratios_fwd(x, loc, precision, p, s, signed):
-    return _pair_ratios(x, loc, precision, p, s, signed), (x, loc, precision, p, s)
+def _pair_matrix_ratios_fwd(x, loc, precision, p, s, signed):
+    return _pair_matrix_ratios(x, loc, precision, p, s, signed), (x, loc, precision, p, s)
 
 
-def _pair_ratios_bwd(signed, residuals, g):
+def _pair_matrix_ratios_bwd(signed, residuals, g):
     # With W^s[i, j] = sum_k g_k [p_k(i) = j, s_k(i) = s], sum_k g_k t_k = sum_ij W^+_ij P_ij + W^-_ij P^-_ij, and
     #   dP^s_ij/dx_j = -s a_i (s x_j - m_i),  dP^s_ij/dx_i = a_i r_i,  dP^s_ij/dm_i = a_i delta_ij,
     #   dP^s_ij/da_i = -delta_ij (delta_ij + 2 r_i) / 2:
@@ -391,7 +392,7 @@ def _pair_ratios_bwd(signed, residuals, g):
     return d_x, d_loc, d_precision, None, None
 
 
-_pair_ratios.defvjp(_pair_ratios_fwd, _pair_ratios_bwd)
+_pair_matrix_ratios.defvjp(_pair_matrix_ratios_fwd, _pair_matrix_ratios_bwd)
 
 FORMULATIONS = ("auto", "assignments", "pairs")
 
@@ -456,7 +457,7 @@ def assignment_log_ratio_terms(
     if formulation == "auto":
         formulation = "pairs" if _uses_pairs(x.shape[0], index.shape[0], signs is not None) else "assignments"
     if formulation == "pairs":
-        return _pair_ratios(x, loc, precision, index, s, signs is not None)
+        return _pair_matrix_ratios(x, loc, precision, index, s, signs is not None)
     return _paired_ratios(x, loc, precision, index, s)
 
 
