@@ -20,9 +20,10 @@ Each is timed as 50 value-and-gradient calls in one ``lax.scan``, interleaved wi
 only other contender, ``base``; ``regression.import_base``), at ``--widths`` and ``--k``.
 
 ``--passes`` times the library's two formulations (``units.assignment_log_ratio_terms(...,
-formulation="assignments" | "pairs")``) forward alone and backward alone, and gives each one's cost
-per pass over the (d, C) units: K - 1 passes for the assignments, d for the pairs. Their ratio is
-the margin of ``formulation="auto"``'s rule (``units._uses_pairs``).
+formulation="assignments" | "pairs")``), forward alone (evaluation) and value and gradient
+(training), and gives each one's cost per pass over the (d, C) units: K - 1 passes for the
+assignments, d for the pairs. Their ratio is the margin of ``formulation="auto"``'s rule
+(``units._uses_pairs``).
 
     PYTHONPATH=.:benchmarks python benchmarks/orbit_formulations.py [--repeats 11]
     PYTHONPATH=.:benchmarks python benchmarks/orbit_formulations.py --base f948f53 --widths 5 10 30 1024 --k 20
@@ -132,45 +133,39 @@ def programs(terms, p, g):
     return value_and_grad, repeated
 
 
-def _repeated(fn, *args):
-    @jax.jit
-    def run(x, *rest):
-        def body(carry, _):
-            out = jax.tree.leaves(fn(x + carry * 1e-9, *rest))
-            return carry + 1e-12 * sum(jnp.sum(o) for o in out), None
-        return jax.lax.scan(body, 0.0, None, length=REPS)[0]
-    return lambda: run(*args).block_until_ready()
-
-
 def passes(args, widths):
-    """Forward and backward of the two formulations alone, per pass over the units (``--passes``)."""
+    """Both formulations, forced, forward alone and value and gradient, per pass (``--passes``)."""
     records, rows = [], []
+    formulations = ("assignments", "pairs")
     for width in widths:
-        (x, loc, sigma), perms, g = problem(width, args.k)
-        a, s = 1.0 / jnp.square(sigma), jnp.ones(perms.shape, x.dtype)
-        fns = {
-            ("assignments", "forward"): _repeated(lambda x, m, a: units._paired_ratios(x, m, a, perms, s), x, loc, a),
-            ("pairs", "forward"): _repeated(lambda x, m, a: units._pair_matrix_ratios(x, m, a, perms, s, False),
-                                            x, loc, a),
-            ("assignments", "backward"): _repeated(lambda x, m, a: units._paired_ratios_bwd((x, m, a, perms, s), g)[:3],
-                                                   x, loc, a),
-            ("pairs", "backward"): _repeated(lambda x, m, a: units._pair_matrix_ratios_bwd(
-                False, (x, m, a, perms, s), g)[:3], x, loc, a),
-        }
-        times = interleaved_medians({f"{f} {d}": run for (f, d), run in fns.items()},
-                                    repeats=3 if args.quick else args.repeats)
-        for direction in ("forward", "backward"):
-            per = {f: 1e6 * times[f"{f} {direction}"] / REPS for f in ("assignments", "pairs")}
-            per_pass = {"assignments": per["assignments"] / (args.k - 1), "pairs": per["pairs"] / width}
-            record = dict(width=width, K=args.k, direction=direction, assignments_us=per["assignments"],
-                          pairs_us=per["pairs"], assignments_us_per_pass=per_pass["assignments"],
-                          pairs_us_per_pass=per_pass["pairs"], pass_ratio=per_pass["pairs"] / per_pass["assignments"])
+        inputs, perms, g = problem(width, args.k)
+        runs = {}
+        for f in formulations:
+            def terms(x, loc, sigma, p, f=f):
+                return units.assignment_log_ratio_terms(x, loc, sigma, p, formulation=f)
+
+            def forward(x, loc, sigma, terms=terms):
+                return jax.lax.scan(lambda c, _: (c + 1e-12 * jnp.sum(terms(x + c * 1e-9, loc, sigma, perms)), None),
+                                    0.0, None, length=REPS)[0]
+
+            runs[(f, "forward")] = jax.jit(forward)
+            runs[(f, "value and gradient")] = programs(terms, perms, g)[1]
+        times = interleaved_medians({f"{f}, {w}": (lambda run=run: run(*inputs).block_until_ready())
+                                     for (f, w), run in runs.items()}, repeats=3 if args.quick else args.repeats)
+        for what in ("forward", "value and gradient"):
+            us = {f: 1e6 * times[f"{f}, {what}"] / REPS for f in formulations}
+            per_pass = {"assignments": us["assignments"] / (args.k - 1), "pairs": us["pairs"] / width}
+            record = dict(width=width, K=args.k, what=what, assignments_us=us["assignments"], pairs_us=us["pairs"],
+                          assignments_us_per_pass=per_pass["assignments"], pairs_us_per_pass=per_pass["pairs"],
+                          ratio=us["pairs"] / us["assignments"],
+                          pass_ratio=per_pass["pairs"] / per_pass["assignments"])
             records.append(record)
-            rows.append([width, args.k, direction, f"{per['assignments']:.0f}", f"{per['pairs']:.0f}",
-                         f"{per_pass['assignments']:.1f}", f"{per_pass['pairs']:.1f}", f"{record['pass_ratio']:.2f}"])
+            rows.append([width, args.k, what, f"{us['assignments']:.0f}", f"{us['pairs']:.0f}",
+                         f"{record['ratio']:.2f}", f"{per_pass['assignments']:.1f}", f"{per_pass['pairs']:.1f}",
+                         f"{record['pass_ratio']:.2f}"])
             print(rows[-1], flush=True)
-    print(markdown_table(["d", "K", "pass", "assignments us", "pairs us", "us per assignment", "us per slot",
-                          "per pass, pairs / assignments"], rows))
+    print(markdown_table(["d", "K", "what", "assignments us", "pairs us", "pairs / assignments", "us per assignment",
+                          "us per slot", "per pass, pairs / assignments"], rows))
     write_json(args.json, {"benchmark": "orbit_formulations --passes", "rows": records, "complete": True})
 
 

@@ -398,10 +398,11 @@ FORMULATIONS = ("auto", "assignments", "pairs")
 
 
 def _uses_pairs(num_units: int, num_assignments: int, signed: bool) -> bool:
-    """The ``"auto"`` choice: pairs where d (2d with sign flips) <= 4/3 (K - 1).
+    """The ``"auto"`` choice: pairs where d (2d with sign flips) <= 4/3 of the K assignments.
 
-    One pass of the pair form cost 0.67-0.73x one assignment's on XLA:CPU at d = 30, C = 795
-    (benchmarks/RESULTS.md, "Fourteenth stop"), so the form with fewer passes, with that margin.
+    One pass of the pair form cost 0.77-0.89x one assignment's (value and gradient; 0.53-0.87x
+    forward alone) on XLA:CPU at d = 10-30, K = 20, C = 795 (``orbit_formulations.py --passes``,
+    benchmarks/RESULTS.md "Fourteenth stop"): the form with fewer passes, with about that margin.
     """
     return 3 * num_units * (2 if signed else 1) <= 4 * num_assignments
 
@@ -433,7 +434,7 @@ def assignment_log_ratio_terms(
       t_k = sum_i P[i, p_k(i)]; the backward pass weighs P by W[i, j] = sum_k g_k [p_k(i) = j].
 
     ``"auto"`` (default) takes the pairs where d (2d with sign flips) <= 4/3 K: the form with fewer
-    passes, each pair pass having measured 0.67-0.73x an assignment's on XLA:CPU.
+    passes, a pair pass having measured 0.53-0.89x an assignment's on XLA:CPU (:func:`_uses_pairs`).
 
     Args:
       x: the units of w, ``(d, C)``.
