@@ -256,6 +256,34 @@ def _materialised_bwd(ok: Array, ct: ArrayTree):
 _materialised.defvjp(_materialised_fwd, _materialised_bwd)
 
 
+@jax.custom_batching.custom_vmap
+def _any_weight(g: Array) -> Array:
+    """``any(g != 0)``; batched, reduced over the batch too, so that a conditional on it stays one."""
+    return jnp.any(g != 0)
+
+
+@_any_weight.def_vmap
+def _any_weight_batched(axis_size, in_batched, g):
+    return jnp.any(g != 0), False
+
+
+def _unless_all_zero(backward, residuals, g):
+    """``backward(residuals, g)``, or its exact zeros without running it where every g_k is 0.
+
+    sum_k g_k t_k has gradient exactly 0 when every weight is 0, which is the common case of
+    InfoNCE on copies that do not overlap: their softmax weights underflow to 0 in float32 (every
+    Table 1 run, docs/mnist.md). The orbit terms' backward loop is then skipped. A NaN weight is
+    not 0, so NaNs still propagate. Under ``jax.vmap`` the loop runs for every lane if any lane
+    has a weight (:func:`_any_weight`), so the conditional stays one.
+    """
+    x, loc, precision = residuals[:3]
+
+    def zeros(residuals, g):
+        return jnp.zeros_like(x), jnp.zeros_like(loc), jnp.zeros_like(precision)
+
+    return jax.lax.cond(_any_weight(g), backward, zeros, residuals, g)
+
+
 def _row_sums(a: Array) -> Array:
     """sum_c a[i, c] as a matrix-vector product, which XLA:CPU runs faster than a float reduction."""
     return jnp.matmul(a, jnp.ones(a.shape[-1], a.dtype), precision=jax.lax.Precision.HIGHEST)
@@ -285,6 +313,10 @@ def _paired_ratios_fwd(x, loc, precision, p, s):
 
 
 def _paired_ratios_bwd(residuals, g):
+    return (*_unless_all_zero(_paired_ratios_grads, residuals, g), None, None)
+
+
+def _paired_ratios_grads(residuals, g):
     # dt_k/d delta_k = -a (delta_k + r), dt_k/dr = -a delta_k, dt_k/da = -delta_k (delta_k + 2 r) / 2.
     # The scatter-add of d delta_k back through x[p_k] is a gather by p_k^{-1} (p_k is a permutation):
     # row j receives s_k(i) d delta_k(i) at i = p_k^{-1}(j), where delta_k(i) + r(i) = s_k(i) x_j - loc_i
@@ -319,7 +351,7 @@ def _paired_ratios_bwd(residuals, g):
     d_x = -b + precision * r * weight[:, None]
     d_loc = precision * d1
     d_precision = -0.5 * q2 - r * d1
-    return d_x, d_loc, d_precision, None, None
+    return d_x, d_loc, d_precision
 
 
 _paired_ratios.defvjp(_paired_ratios_fwd, _paired_ratios_bwd)
@@ -360,6 +392,11 @@ def _pair_matrix_ratios_fwd(x, loc, precision, p, s, signed):
 
 
 def _pair_matrix_ratios_bwd(signed, residuals, g):
+    grads = functools.partial(_pair_matrix_ratios_grads, signed)
+    return (*_unless_all_zero(grads, residuals, g), None, None)
+
+
+def _pair_matrix_ratios_grads(signed, residuals, g):
     # With W^s[i, j] = sum_k g_k [p_k(i) = j, s_k(i) = s], sum_k g_k t_k = sum_ij W^+_ij P_ij + W^-_ij P^-_ij, and
     #   dP^s_ij/dx_j = -s a_i (s x_j - m_i),  dP^s_ij/dx_i = a_i r_i,  dP^s_ij/dm_i = a_i delta_ij,
     #   dP^s_ij/da_i = -delta_ij (delta_ij + 2 r_i) / 2:
@@ -389,7 +426,7 @@ def _pair_matrix_ratios_bwd(signed, residuals, g):
     b, (d_loc, d_precision) = jax.lax.scan(body, jnp.zeros_like(x), (x, loc, precision, w_plus, w_minus))
     weight = jnp.sum(w_plus, axis=1) + (jnp.sum(w_minus, axis=1) if signed else 0.0)
     d_x = -b + precision * (x - loc) * weight[:, None]
-    return d_x, d_loc, d_precision, None, None
+    return d_x, d_loc, d_precision
 
 
 _pair_matrix_ratios.defvjp(_pair_matrix_ratios_fwd, _pair_matrix_ratios_bwd)

@@ -111,6 +111,33 @@ def test_pair_and_assignment_formulations_agree_in_float64(d, k, signed):
         units.assignment_log_ratio_terms(x, loc, sigma, index, signs, formulation="loop")
 
 
+@pytest.mark.parametrize("formulation", ["assignments", "pairs"])
+def test_orbit_terms_backward_is_skipped_only_where_every_weight_is_zero(formulation):
+    # units._unless_all_zero: all-zero weights (InfoNCE on copies that do not overlap) give exact
+    # zeros without the backward loop, through a conditional that stays one under vmap; any weight,
+    # in any lane, runs it for every lane, and a NaN weight still propagates
+    d, k = 6, 5
+    kx, kp = jax.random.split(jax.random.key(3))
+    x = jax.random.normal(kx, (d, 9))
+    loc, sigma = x + 0.1, jnp.full(x.shape, 0.5)
+    index = jax.vmap(lambda key: jax.random.permutation(key, d))(jax.random.split(kp, k))
+
+    def grad(weights):
+        return jax.grad(lambda x, loc, sigma: jnp.sum(weights * units.assignment_log_ratio_terms(
+            x, loc, sigma, index, formulation=formulation)), argnums=(0, 1, 2))(x, loc, sigma)
+
+    for g in grad(jnp.zeros(k)):
+        np.testing.assert_array_equal(np.asarray(g), 0.0)
+    weights = jnp.linspace(0.0, 1.0, k)
+    lanes = jnp.stack([jnp.zeros(k), weights])
+    batched = jax.jit(jax.vmap(grad))(lanes)
+    for lane_grads, g in zip(batched, grad(weights)):
+        np.testing.assert_array_equal(np.asarray(lane_grads[0]), 0.0)
+        np.testing.assert_allclose(lane_grads[1], g, rtol=1e-5, atol=1e-5)
+    assert "cond[" in str(jax.make_jaxpr(jax.vmap(grad))(lanes))
+    assert np.any(np.isnan(np.asarray(grad(jnp.zeros(k).at[1].set(jnp.nan))[0])))  # the units it moves
+
+
 def test_auto_formulation_takes_the_form_with_fewer_passes():
     assert units._uses_pairs(30, 40, signed=False) and not units._uses_pairs(30, 19, signed=False)
     assert units._uses_pairs(20, 19, signed=False) and not units._uses_pairs(20, 19, signed=True)
