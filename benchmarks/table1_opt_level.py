@@ -1,7 +1,9 @@
-"""One width's Table 1 programs compiled at XLA's default backend optimisation level and at another
-(``mnist.Config.xla_optimization_level``): compile time, run time and whether the outputs are equal.
+"""One width's Table 1 programs compiled with XLA's default options and with others (a backend
+optimisation level, ``mnist.Config.xla_optimization_level``, or any XLA compiler option): compile
+time, run time and whether the outputs are equal.
 
     PYTHONPATH=.:benchmarks python benchmarks/table1_opt_level.py --width 30 --level 1 --repeats 3
+    PYTHONPATH=.:benchmarks python benchmarks/table1_opt_level.py --width 30 --option xla_cpu_use_fusion_emitters=false
 
 The train program runs the config's 10 seeds in the ``train_workers: 2`` block of 5 on the first
 ``--num-train`` MNIST images for one epoch; the evaluate program evaluates ``--runs`` untrained runs
@@ -43,15 +45,34 @@ def programs(width: int, runs: int, num_train: int):
     return {"train": (train_program, (seeds, *train)), "evaluate": (evaluate_program, (q, keys, *data))}
 
 
+def _parse_option(text: str):
+    name, sep, value = text.partition("=")
+    if not sep or not name:
+        raise SystemExit(f"--option must be NAME=VALUE, got {text!r}")
+    if value.lower() in ("true", "false"):
+        return name, value.lower() == "true"
+    try:
+        return name, int(value)
+    except ValueError:
+        return name, value
+
+
 def main():
     p = parser(__doc__.splitlines()[0], "benchmarks/results/cpu/table1_opt_level.json")
     p.add_argument("--width", type=int, default=30)
     p.add_argument("--level", type=int, default=1, help="the XLA backend optimisation level to compare")
+    p.add_argument("--option", action="append", default=[], metavar="NAME=VALUE",
+                   help="an XLA compiler option to compare instead of --level (repeatable; true/false/ints parsed)")
     p.add_argument("--runs", type=int, default=4, help="runs the evaluate program evaluates")
     p.add_argument("--num-train", type=int, default=3000)
     args = p.parse_args()
-    options = {"default": None, f"level {args.level}": {"xla_backend_optimization_level": args.level}}
-    rows, record = [], dict(width=args.width, level=args.level, load_average_start=os.getloadavg(), programs={})
+    if args.option:
+        other = dict(_parse_option(o) for o in args.option)
+        label = ", ".join(args.option)
+    else:
+        other, label = {"xla_backend_optimization_level": args.level}, f"level {args.level}"
+    options = {"default": None, label: other}
+    rows, record = [], dict(width=args.width, options=other, load_average_start=os.getloadavg(), programs={})
     for name, (lower, call_args) in programs(args.width, args.runs, args.num_train).items():
         compile_s = {label: [] for label in options}
         compiled = {}
@@ -76,7 +97,7 @@ def main():
             record["programs"][f"{name} {label}"] = dict(compile_s=compile_s[label], run_s=run_s[label],
                                                          outputs_bitwise_equal=equal, max_difference=max(diffs))
         print("\n".join(" ".join(r) for r in rows[-2:]), flush=True)
-    print(markdown_table(["program", "compiled at", "compile wall s", "compile CPU s", "run s",
+    print(markdown_table(["program", "compiled with", "compile wall s", "compile CPU s", "run s",
                           "outputs bitwise equal"], rows))
     record["load_average_end"] = os.getloadavg()
     print(f"load average {record['load_average_end']}")

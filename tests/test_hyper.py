@@ -71,6 +71,7 @@ def test_heteroscedastic_gaussian_matches_scipy(next_key):
 # --- the state ---------------------------------------------------------------------------------
 
 
+@pytest.mark.default_emitters  # different programs, bit for bit (tests/conftest.py)
 def test_empty_hyper_reproduces_the_state_without_hyperparameters_bitwise():
     """No hyperparameter: opt_state = optimizer.init(q), and every number is what it was."""
     apply_fn, params, data = regression_problem(num_examples=64)

@@ -118,6 +118,7 @@ def test_functions_jit(q, next_key):
 SHAPES = [(3, 4), (4,), (4, 2), (2,), (1,), (784, 30), (7, 3, 5)]
 
 
+@pytest.mark.default_emitters  # different programs, bit for bit (tests/conftest.py)
 @pytest.mark.parametrize("make_key", [jax.random.key, jax.random.PRNGKey], ids=["typed", "raw"])
 def test_one_op_normals_are_jax_random_normal_bit_for_bit(make_key):
     # the single-draw path of ``sample`` draws every leaf with one threefry op; its numbers must be

@@ -75,6 +75,7 @@ def test_elbo_value_checks_its_settings_when_built(problem):
     assert objectives.ELBO(problem["loglik"], 32).group is None
 
 
+@pytest.mark.default_emitters  # different programs, bit for bit (tests/conftest.py)
 @pytest.mark.parametrize("objective", ["elbo", "symmetrized_elbo"])
 def test_from_objective_steps_bitwise_as_build(problem, objective):
     params, group, loglik, batch = problem["params"], problem["group"], problem["loglik"], problem["batch"]
