@@ -284,9 +284,13 @@ def _unless_all_zero(backward, residuals, g):
     return jax.lax.cond(_any_weight(g), backward, zeros, residuals, g)
 
 
+def _matvec(a: Array, b: Array) -> Array:
+    return jnp.matmul(a, b, precision=jax.lax.Precision.HIGHEST)
+
+
 def _row_sums(a: Array) -> Array:
     """sum_c a[i, c] as a matrix-vector product, which XLA:CPU runs faster than a float reduction."""
-    return jnp.matmul(a, jnp.ones(a.shape[-1], a.dtype), precision=jax.lax.Precision.HIGHEST)
+    return _matvec(a, jnp.ones(a.shape[-1], a.dtype))
 
 
 @jax.custom_vjp
@@ -355,10 +359,6 @@ def _paired_ratios_grads(residuals, g):
 
 
 _paired_ratios.defvjp(_paired_ratios_fwd, _paired_ratios_bwd)
-
-
-def _matvec(a: Array, b: Array) -> Array:
-    return jnp.matmul(a, b, precision=jax.lax.Precision.HIGHEST)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(5,))
