@@ -17,6 +17,7 @@ from typing import Optional, Union
 
 import jax
 from jax._src import monitoring  # the listener registry; jax.monitoring re-exports registration only
+from jax.experimental.compilation_cache import compilation_cache as _jax_cache
 
 __all__ = ["default_cache_dir", "enable_cache", "persistent_cache", "CompileStats"]
 
@@ -54,6 +55,7 @@ def enable_cache(directory: Optional[Union[str, os.PathLike]] = None) -> Path:
     jax.config.update("jax_compilation_cache_dir", str(path))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+    _jax_cache.reset_cache()  # JAX opens its cache once per process: drop one opened at another directory
     return path
 
 
@@ -73,6 +75,7 @@ def persistent_cache(directory: Optional[Union[str, os.PathLike]] = None):
     finally:
         for name, value in previous.items():
             jax.config.update(name, value)
+        _jax_cache.reset_cache()  # the next compile opens the previous directory's cache, if any
 
 
 class CompileStats:
