@@ -102,7 +102,6 @@ def pytest_configure_node(node):
     node.workerinput["symvi_jax_shared"] = node.config.stash[_SHARED]
 
 
-
 def _shared_folder(config) -> str:
     return config.workerinput["symvi_jax_shared"] if hasattr(config, "workerinput") else config.stash[_SHARED]
 
