@@ -63,8 +63,8 @@ def main():
     args = p.parse_args()
     import symvi_jax as new
 
-    settings = {"base": {}, "new": dict(_setting(item) for item in args.jax_config)}
-    settings["base"] = {name: getattr(jax.config, name) for name in settings["new"]}
+    changed = dict(_setting(item) for item in args.jax_config)
+    settings = {"base": {name: getattr(jax.config, name) for name in changed}, "new": changed}
 
     with tempfile.TemporaryDirectory() as tmp:
         base = import_base(args.base, Path(tmp))
@@ -94,7 +94,8 @@ def main():
         lower = statistics.median(v[2] for v in values)
         lines, fusions, whiles = sizes[(label, prog)]
         rows.append([prog, label, f"{lower:.1f}", f"{wall:.1f}", f"{cpu:.1f}", lines, fusions, whiles])
-        record["programs"][f"{label} {prog}"] = dict(wall_s=values, hlo_lines=lines, fusions=fusions, whiles=whiles)
+        record["programs"][f"{label} {prog}"] = dict(wall_s=[v[:2] for v in values], lower_s=[v[2] for v in values],
+                                                     hlo_lines=lines, fusions=fusions, whiles=whiles)
     print(markdown_table(["program", "tree", "lower wall s", "compile wall s", "compile CPU s", "HLO lines", "fusions",
                           "while loops"], rows))
     print(f"load average {os.getloadavg()}")
