@@ -258,13 +258,18 @@ _materialised.defvjp(_materialised_fwd, _materialised_bwd)
 
 @jax.custom_batching.custom_vmap
 def _any_weight(g: Array) -> Array:
-    """``any(g != 0)``; batched, reduced over the batch too, so that a conditional on it stays one."""
+    """``any(g != 0)``; batched, reduced over the batch too, so that a conditional on it stays one.
+
+    The batched rule calls ``_any_weight`` again, so that under nested ``vmap`` (Table 1's seeds of
+    methods) each level reduces its own axis; a plain ``jnp.any`` there left the predicate batched
+    over the outer axis, and the conditional became a select that ran both branches.
+    """
     return jnp.any(g != 0)
 
 
 @_any_weight.def_vmap
 def _any_weight_batched(axis_size, in_batched, g):
-    return jnp.any(g != 0), False
+    return _any_weight(g), False
 
 
 def _unless_all_zero(backward, residuals, g):

@@ -135,6 +135,12 @@ def test_orbit_terms_backward_is_skipped_only_where_every_weight_is_zero(formula
         np.testing.assert_array_equal(np.asarray(lane_grads[0]), 0.0)
         np.testing.assert_allclose(lane_grads[1], g, rtol=1e-5, atol=1e-5)
     assert "cond[" in str(jax.make_jaxpr(jax.vmap(grad))(lanes))
+    # nested vmap (Table 1's seeds of methods): still one conditional, and still exact
+    nested = jnp.stack([lanes, jnp.zeros_like(lanes)])
+    assert "cond[" in str(jax.make_jaxpr(jax.vmap(jax.vmap(grad)))(nested))
+    for seed_grads, lane_grads in zip(jax.jit(jax.vmap(jax.vmap(grad)))(nested), batched):
+        np.testing.assert_array_equal(np.asarray(seed_grads[0]), np.asarray(lane_grads))
+        np.testing.assert_array_equal(np.asarray(seed_grads[1]), 0.0)
     assert np.any(np.isnan(np.asarray(grad(jnp.zeros(k).at[1].set(jnp.nan))[0])))  # the units it moves
 
 
