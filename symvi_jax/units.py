@@ -43,6 +43,7 @@ import jax
 import jax.numpy as jnp
 
 from symvi_jax import meanfield, nets
+from symvi_jax._kept import kept as _kept
 from symvi_jax.meanfield import MeanFieldState
 from symvi_jax.symmetry import Member, WeightSymmetry, decode_signed, move_units, split_variables, leaf_paths
 from symvi_jax.types import Array, ArrayTree
@@ -198,26 +199,6 @@ def _inverse_rows(p: Array) -> Array:
     """The inverse of each permutation in the rows of ``p`` ``(K, d)``: one scatter of 0..d-1 per row."""
     d = p.shape[-1]
     return jax.vmap(lambda row: jnp.zeros_like(row).at[row].set(jnp.arange(d, dtype=row.dtype)))(p)
-
-
-def _nan_like(tree: ArrayTree) -> ArrayTree:
-    return jax.tree.map(lambda x: jnp.full_like(x, jnp.nan), tree)
-
-
-@jax.custom_batching.custom_vmap
-def _kept(tree: ArrayTree, ok: Array) -> ArrayTree:
-    """``tree`` if ``ok`` else NaNs, through a ``lax.cond`` that stays a conditional under ``vmap``.
-
-    Batched, the predicate is reduced to ``all(ok)``: jax's own batching rule would turn the
-    conditional into a select, which XLA fuses through.
-    """
-    return jax.lax.cond(ok, lambda t: t, _nan_like, tree)
-
-
-@_kept.def_vmap
-def _kept_batched(axis_size, in_batched, tree, ok):
-    tree_batched, ok_batched = in_batched
-    return _kept(tree, jnp.all(ok) if ok_batched else ok), tree_batched
 
 
 @jax.custom_vjp
