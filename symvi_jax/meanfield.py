@@ -193,10 +193,11 @@ def _computed_once(noise: list, keys: Array) -> list:
 
     Otherwise XLA:CPU fuses the normal map (erf_inv's polynomial) into each consumer of eps: the
     sample mu + sigma eps, and the sigma-gradient g eps inside the optimizer's fusions, once per
-    lane where lanes share a draw (Table 1's methods of a seed: four fusions of its width-30 train
-    program, three of them per lane, held the polynomial). Read from memory instead, one Table 1 seed block trained in 0.87-0.89x
-    the time and an MFVI step in 0.92-0.93x, with the same outputs bit for bit
-    (benchmarks/RESULTS.md, "Seventeenth stop"). The predicate, key data | 1 != 0, always holds.
+    lane where lanes share a draw (Table 1's width-30 train program held it in four fusions, three
+    of them per method lane). Read from memory instead, a Table 1 seed block trained in 0.80-0.89x
+    the time and the MFVI loop of issue 15 (a) in 0.75-0.95x, with the same outputs bit for bit
+    (benchmarks/RESULTS.md, "Seventeenth stop"). The predicate, key data | 1 != 0, always holds;
+    under nested ``vmap`` the conditional stays one.
     """
     data = prng.key_data(keys)
     if data is None:

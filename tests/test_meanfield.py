@@ -163,6 +163,25 @@ def test_sample_draws_leaf_i_from_the_ith_split_key(q, next_key):
         np.testing.assert_allclose(x, m + s * jax.random.normal(k, m.shape), rtol=1e-6, atol=1e-7)
 
 
+def test_a_single_draws_noise_passes_one_kept_conditional_under_nested_vmap(q, next_key):
+    # meanfield._computed_once: a training step's eps is read from memory, not re-derived in every
+    # consumer, through a conditional that stays one under vmap of vmap (Table 1's seeds of methods);
+    # several draws keep no conditional, and the draws are those of the unbatched calls
+    def float_conds(jaxpr):  # conditionals that return floats (prng's own conditionals return uint32)
+        return [line for line in str(jaxpr).splitlines() if "= cond[" in line and "f32[" in line]
+
+    keys = jax.random.split(next_key(), 6).reshape(2, 3)
+    one = jax.vmap(jax.vmap(lambda k: meanfield.sample(k, q)))
+    (line,) = float_conds(jax.make_jaxpr(one)(keys))
+    assert line.count("f32[2,3,") == len(jax.tree.leaves(q.loc))  # every leaf's eps, batched
+    assert not float_conds(jax.make_jaxpr(lambda k: meanfield.sample(k, q, 3))(keys[0, 0]))
+    batched = jax.jit(one)(keys)
+    for i in range(2):
+        for j in range(3):
+            for x, y in zip(jax.tree.leaves(batched), jax.tree.leaves(jax.jit(meanfield.sample)(keys[i, j], q))):
+                np.testing.assert_allclose(x[i, j], y, rtol=1e-6, atol=1e-7)
+
+
 def test_sample_without_partitionable_threefry_keeps_one_call_per_leaf(q, next_key):
     # the one op reproduces the partitionable layout only; with the older layout every leaf keeps
     # its own jax.random.normal call, whose numbers differ from the partitionable ones
