@@ -125,26 +125,38 @@ def unit_features(
         factorise), or if no member is present.
     """
     f = group.factors[factor]
-    leaves = leaf_paths(split_variables(group, tree)[0])
     by_leaf = group.members_by_leaf()
-    chosen = tuple(m for m in f.members if m.path in leaves) if members is None else tuple(members)
-    if not chosen:
-        raise ValueError(f"factor {f.name!r} has no leaves in the tree to build unit features from")
     parts = []
-    for member in chosen:
-        entries = by_leaf[member.path]
-        if sum(1 for index, _ in entries if index == factor) > 1:
-            raise ValueError(
-                f"factor {f.name!r} touches leaf {member.path!r} on more than one axis (a tied layer); its units do "
-                "not factorise, so it has no unit features"
-            )
-        x = leaves[member.path]
-        for index, other in entries:
+    for member, x in _member_leaves(tree, group, factor, members):
+        for index, other in by_leaf[member.path]:
             if index != factor and others is not None and index in others:
                 p, s = decode_signed(others[index]) if group.factors[index].sign_flips else (others[index], None)
                 x = move_units(x, other, group.factors[index].size, p, s)
         parts.append(_features_of(x, member, f.size))
     return jnp.concatenate(parts, axis=1)
+
+
+def _member_leaves(
+    tree: ArrayTree, group: WeightSymmetry, factor: int, members: Optional[tuple[Member, ...]]
+) -> list[tuple[Member, Array]]:
+    """``(member, leaf)`` of factor ``factor``'s chosen members (default: those in ``tree``), checked.
+
+    Raises:
+      ValueError: as :func:`unit_features`.
+    """
+    f = group.factors[factor]
+    leaves = leaf_paths(split_variables(group, tree)[0])
+    by_leaf = group.members_by_leaf()
+    chosen = tuple(m for m in f.members if m.path in leaves) if members is None else tuple(members)
+    if not chosen:
+        raise ValueError(f"factor {f.name!r} has no leaves in the tree to build unit features from")
+    for member in chosen:
+        if sum(1 for index, _ in by_leaf[member.path] if index == factor) > 1:
+            raise ValueError(
+                f"factor {f.name!r} touches leaf {member.path!r} on more than one axis (a tied layer); its units do "
+                "not factorise, so it has no unit features"
+            )
+    return [(member, leaves[member.path]) for member in chosen]
 
 
 def log_density_matrix(x: Array, loc: Array, sigma: Array, method: str = "matmul") -> Array:
@@ -253,7 +265,7 @@ def _any_weight_batched(axis_size, in_batched, g):
     return _any_weight(g), False
 
 
-def _unless_all_zero(backward, residuals, g):
+def _unless_all_zero(backward, residuals, g, like=None):
     """``backward(residuals, g)``, or its exact zeros without running it where every g_k is 0.
 
     sum_k g_k t_k has gradient exactly 0 when every weight is 0, which is the common case of
@@ -262,10 +274,10 @@ def _unless_all_zero(backward, residuals, g):
     not 0, so NaNs still propagate. Under ``jax.vmap`` the loop runs for every lane if any lane
     has a weight (:func:`_any_weight`), so the conditional stays one.
     """
-    x, loc, precision = residuals[:3]
+    like = residuals[:3] if like is None else like  # what the cotangents are shaped as
 
     def zeros(residuals, g):
-        return jnp.zeros_like(x), jnp.zeros_like(loc), jnp.zeros_like(precision)
+        return jax.tree.map(jnp.zeros_like, like)
 
     return jax.lax.cond(_any_weight(g), backward, zeros, residuals, g)
 
@@ -277,6 +289,22 @@ def _matvec(a: Array, b: Array) -> Array:
 def _row_sums(a: Array) -> Array:
     """sum_c a[i, c] as a matrix-vector product, which XLA:CPU runs faster than a float reduction."""
     return _matvec(a, jnp.ones(a.shape[-1], a.dtype))
+
+
+def _backward_weights(p: Array, s: Array, g: Array):
+    """The inverse draws, their signs, and the per-draw and per-unit weights of the backward pass.
+
+    Which unit each draw leaves in place (in its slot with its sign), for all k at once, outside
+    the loop: such a unit gets no weight from that draw (:func:`_paired_ratios_grads`).
+    """
+    d = p.shape[1]
+    inv = _inverse_rows(p)
+    s_back = jnp.take_along_axis(s, inv, axis=1)
+    kept = (inv == jnp.arange(d, dtype=p.dtype)) & (s_back == 1)
+    back_weight = jnp.where(kept, 0.0, g[:, None])  # (K, d)
+    kept_with_weight = jnp.any(kept & (g[:, None] != 0), axis=0)
+    weight = jnp.where(kept_with_weight, jnp.sum(back_weight, axis=0), jnp.sum(g))
+    return inv, back_weight, s_back, weight
 
 
 @jax.custom_vjp
@@ -319,15 +347,8 @@ def _paired_ratios_grads(residuals, g):
     # so both are left out for it. Where such a draw has weight g_k != 0 (an identity draw of a small
     # group), G_j is the weight of the draws that move unit j; elsewhere G = sum_k g_k as before.
     x, loc, precision, p, s = residuals
-    d = x.shape[0]
-    inv = _inverse_rows(p)
+    inv, back_weight, s_back, weight = _backward_weights(p, s, g)
     r = x - loc
-    # Which unit each draw leaves in place, and the weights, for all k at once (outside the loop).
-    s_back = jnp.take_along_axis(s, inv, axis=1)
-    kept = (inv == jnp.arange(d, dtype=p.dtype)) & (s_back == 1)
-    back_weight = jnp.where(kept, 0.0, g[:, None])  # (K, d)
-    kept_with_weight = jnp.any(kept & (g[:, None] != 0), axis=0)
-    weight = jnp.where(kept_with_weight, jnp.sum(back_weight, axis=0), jnp.sum(g))
 
     def body(carry, xs):
         d1, q2, b = carry
@@ -416,6 +437,66 @@ def _pair_matrix_ratios_grads(signed, residuals, g):
 
 
 _pair_matrix_ratios.defvjp(_pair_matrix_ratios_fwd, _pair_matrix_ratios_bwd)
+
+
+def _unit_view(x: Array, member: Member, size: int) -> Array:
+    """The leaf as ``(A, d, B)`` with the member's units on axis 1: a reshape, no copy or transpose."""
+    outer = x.shape[member.axis] // (size * member.inner)
+    return x.reshape(math.prod(x.shape[: member.axis]) * outer, size, -1)
+
+
+def _unit_rows(views) -> Array:
+    """The ``(d, C)`` unit rows of member views, as :func:`unit_features` lays them out."""
+    return jnp.concatenate([jnp.moveaxis(v, 1, 0).reshape(v.shape[1], -1) for v in views], axis=1)
+
+
+def _as_views(rows: Array, like) -> tuple:
+    """:func:`_unit_rows` undone: the ``(d, C)`` columns split back into views shaped as ``like``."""
+    out, start = [], 0
+    for v in like:
+        a, d, b = v.shape
+        out.append(jnp.moveaxis(rows[:, start : start + a * b].reshape(d, a, b), 0, 1))
+        start += a * b
+    return tuple(out)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6))
+def _view_ratios(xs, locs, precisions, p: Array, s: Array, pairs: bool, signed: bool) -> Array:
+    """The orbit terms t_k, with each member's leaf passed as an ``(A, d, B)`` view (:func:`_unit_view`).
+
+    The values and the gradient of :func:`_pair_matrix_ratios` (``pairs``) or :func:`_paired_ratios`
+    on the unit rows (:func:`_unit_rows`), bit for bit. The backward pass also transposes the
+    cotangents back into the views' layout inside the conditional of :func:`_unless_all_zero`, so
+    where every weight is 0 (every Table 1 run) none of it runs; differentiating
+    :func:`unit_features` instead transposed the zero cotangents back into the leaves every step.
+    """
+    return _rows_ratios(_rows_of(xs, locs, precisions, p, s), pairs, signed)
+
+
+def _rows_of(xs, locs, precisions, p, s):
+    return _unit_rows(xs), _unit_rows(locs), _unit_rows(precisions), p, s
+
+
+def _rows_ratios(rows, pairs: bool, signed: bool) -> Array:
+    return _pair_matrix_ratios(*rows, signed) if pairs else _paired_ratios(*rows)
+
+
+def _view_ratios_fwd(xs, locs, precisions, p, s, pairs, signed):
+    rows = _rows_of(xs, locs, precisions, p, s)
+    return _rows_ratios(rows, pairs, signed), (rows, (xs, locs, precisions))
+
+
+def _view_ratios_bwd(pairs, signed, residuals, g):
+    rows, views = residuals
+    grads = functools.partial(_pair_matrix_ratios_grads, signed) if pairs else _paired_ratios_grads
+
+    def backward(rows, g):
+        return tuple(_as_views(grad, like) for grad, like in zip(grads(rows, g), views))
+
+    return (*_unless_all_zero(backward, rows, g, like=views), None, None)
+
+
+_view_ratios.defvjp(_view_ratios_fwd, _view_ratios_bwd)
 
 FORMULATIONS = ("auto", "assignments", "pairs")
 
@@ -512,7 +593,11 @@ def unit_assignment_log_ratios(
         return jnp.sum(jnp.where(s < 0, (log_a_neg - diag)[slots, p], (log_a - diag)[slots, p]), axis=-1)
     if method != "gather":
         raise ValueError(f"method must be 'gather' or 'matmul', got {method!r}")
-    p, s = decode_signed(assignments) if group.factors[factor].sign_flips else (assignments, None)
+    f = group.factors[factor]
+    p, s = decode_signed(assignments) if f.sign_flips else (assignments, None)
     trees = _materialised((params, q.loc, meanfield.scale(q)), p)
-    x, loc, sigma = (unit_features(t, group, factor, members) for t in trees)
-    return assignment_log_ratio_terms(x, loc, sigma, p, s)
+    xs, locs, sigmas = (tuple(_unit_view(x, m, f.size) for m, x in _member_leaves(t, group, factor, members))
+                        for t in trees)
+    signs = jnp.ones(p.shape, xs[0].dtype) if s is None else s.astype(xs[0].dtype)
+    precisions = tuple(1.0 / jnp.square(sigma) for sigma in sigmas)
+    return _view_ratios(xs, locs, precisions, p, signs, _uses_pairs(f.size, p.shape[0], f.sign_flips), f.sign_flips)

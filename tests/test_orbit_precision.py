@@ -219,3 +219,54 @@ def test_orbit_terms_read_their_inputs_through_a_conditional_with_the_same_value
         np.testing.assert_allclose(values[b], value_ref, rtol=1e-6)
         for a, r in zip(jax.tree.leaves(grads), jax.tree.leaves(grads_ref)):
             np.testing.assert_allclose(np.asarray(a)[b], np.asarray(r), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("width,k", [(5, 20), (12, 3)], ids=["pairs", "assignments"])
+def test_zero_weight_backward_leaves_no_transposes_outside_the_conditional(width, k):
+    # units._view_ratios: the leaves enter as views in their own layout; their transposes into unit
+    # rows happen once forward, and the cotangents' transposes back happen inside the backward
+    # conditional, so where every weight is 0 nothing of the backward pass runs. Differentiating
+    # units.unit_features put those transposes after the conditional, applied to its zeros.
+    params, group = _signed_one_hidden(width)
+    q = meanfield.init(jax.tree.map(lambda x: x + 0.3, params), init_scale=0.4)
+    w = jax.tree.map(lambda x: x[0], meanfield.sample(jax.random.key(1), q, 1))
+    sigmas = group.sample(jax.random.key(2), k)
+    assert units._uses_pairs(width, k, True) == (width == 5)
+
+    def terms(q, w):
+        return units.unit_assignment_log_ratios(q, w, group, 0, sigmas[0])
+
+    def transposes_outside_conditionals(fn):
+        def inner(value):  # the jaxprs held in an equation's parameter
+            if isinstance(value, (tuple, list)):
+                return [j for v in value for j in inner(v)]
+            value = getattr(value, "jaxpr", value)
+            return [value] if hasattr(value, "eqns") else []
+
+        def count(jaxpr):
+            n = 0
+            for eqn in jaxpr.eqns:
+                n += eqn.primitive.name == "transpose"
+                if eqn.primitive.name != "cond":
+                    n += sum(count(j) for v in eqn.params.values() for j in inner(v))
+            return n
+        return count(jax.make_jaxpr(fn)(q, w).jaxpr)
+
+    forward = transposes_outside_conditionals(terms)
+    assert forward > 0  # the unit rows of the leaves whose units are not their leading axis
+    zero_weights = jax.grad(lambda q, w: jnp.sum(0.0 * terms(q, w)), argnums=(0, 1))
+    assert transposes_outside_conditionals(zero_weights) == forward
+    # and the same values and gradients as the unit rows' terms, bit for bit (float64 here)
+    p, s = units.decode_signed(sigmas[0])
+
+    def reference(q, w):
+        x, loc, sigma = (units.unit_features(t, group, 0) for t in (w, q.loc, meanfield.scale(q)))
+        return units.assignment_log_ratio_terms(x, loc, sigma, p, s)
+
+    weights = jnp.linspace(0.5, 1.5, k)
+    value, grads, value_ref, grads_ref = (
+        out for fn in (terms, reference)
+        for out in jax.jit(jax.value_and_grad(lambda q, w: jnp.sum(weights * fn(q, w)), argnums=(0, 1)))(q, w))
+    assert value == value_ref
+    for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(grads_ref)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
