@@ -24,6 +24,7 @@ Functions:
   split(rng_key, num)          -> jax.random.split(rng_key, num)
   bits(rng_key, shape)         -> jax.random.bits(rng_key, shape), uint32
   permutation(rng_key, n)      -> jax.random.permutation(rng_key, n)
+  stable_argsort(keys)         -> lax.sort_key_val(keys, arange(n))[1] for uint32 keys, n <= 1024
 
 Measured in benchmarks/RESULTS.md ("Ninth stop").
 """
@@ -40,7 +41,7 @@ from jax.extend.random import threefry2x32_p
 
 from symvi_jax.types import Array, PRNGKey
 
-__all__ = ["threefry2x32", "key_data", "split", "bits", "permutation"]
+__all__ = ["threefry2x32", "key_data", "split", "bits", "permutation", "stable_argsort"]
 
 _ROTATIONS = ((13, 15, 26, 6), (17, 29, 16, 24))
 _PARITY = np.uint32(0x1BD11BDA)
@@ -171,7 +172,8 @@ def bits(rng_key: PRNGKey, shape=()) -> Array:
 
 
 def permutation(rng_key: PRNGKey, n: int) -> Array:
-    """``jax.random.permutation(rng_key, n)``, bit for bit: sorts by fresh 32-bit keys, as jax does.
+    """``jax.random.permutation(rng_key, n)``, bit for bit: sorts by fresh 32-bit keys, as jax does
+    (up to n = 1024 with :func:`stable_argsort`, the same order from cheaper sorts).
 
     jax sorts ``arange(n)`` by random bits ceil(3 log n / log(2^32 - 1)) times, each round with the
     second half of a split key.
@@ -182,5 +184,44 @@ def permutation(rng_key: PRNGKey, n: int) -> Array:
     x = jnp.arange(n)
     for _ in range(int(np.ceil(3 * np.log(max(1, n)) / np.log(np.iinfo(np.uint32).max)))):
         rng_key, subkey = split(rng_key)
-        _, x = jax.lax.sort_key_val(bits(subkey, (n,)), x)
+        keys = bits(subkey, (n,))
+        if 3 * _index_bits(n) <= 32:
+            x = x[stable_argsort(keys)]
+        else:
+            _, x = jax.lax.sort_key_val(keys, x)
     return x
+
+
+def _index_bits(n: int) -> int:
+    return max(1, (n - 1).bit_length())
+
+
+def stable_argsort(keys: Array) -> Array:
+    """The stable argsort of ``(n,)`` uint32 keys (ties in index order): ``lax.sort_key_val``'s order.
+
+    Two sorts of one packed uint32 operand, which XLA:CPU sorts by value with ``std::sort``; a
+    key-value sort calls the compiled comparator for every comparison instead (3.4x the time for
+    64 rows of 1024, benchmarks/RESULTS.md "Eighteenth stop"). With b = bits(n - 1) and 3b <= 32
+    (n <= 1024):
+
+      1. sort ``hi(k) | i``, hi(k) = k with its low b bits cleared: the order by (hi(k), i);
+      2. number the runs of equal hi(k) in that order (``run``, increasing), and sort
+         ``run << 2b | lo(k) << b | i``: each run by (lo(k), i), the runs left in place.
+
+    Together: the order by (k, i).
+    """
+    n = keys.shape[-1]
+    b = _index_bits(n)
+    if 3 * b > 32:
+        raise ValueError(f"stable_argsort packs 3 * bits(n - 1) <= 32 bits; n = {n} needs {3 * b}")
+    low = np.uint32((1 << b) - 1)
+    index = jnp.arange(n, dtype=jnp.uint32)
+    first = jnp.sort((keys & ~low) | index)
+    order = first & low
+    hi = first & ~low
+    starts = jnp.concatenate([jnp.ones(hi.shape[:-1] + (1,), jnp.uint32), (hi[..., 1:] != hi[..., :-1]).astype(jnp.uint32)],
+                             axis=-1)
+    run = jnp.cumsum(starts, axis=-1, dtype=jnp.uint32) - np.uint32(1)
+    lo = jnp.take_along_axis(keys, order.astype(jnp.int32), axis=-1) & low
+    second = jnp.sort((run << np.uint32(2 * b)) | (lo << np.uint32(b)) | order)
+    return (second & low).astype(jnp.int32)

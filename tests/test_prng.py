@@ -24,9 +24,24 @@ def test_split_bits_and_permutation_are_jax_random_bit_for_bit(make_key):
         for shape in ((), (1,), (30,), (19, 30), (7, 3, 5)):
             np.testing.assert_array_equal(jax.jit(prng.bits, static_argnums=1)(key, shape),
                                           jax.random.bits(key, shape, jnp.uint32))
-        for n in (1, 2, 30, 2047, 3000):  # one sort round up to 2047 entries, two from 2048 on
+        # one sort round up to 1625 entries, two from 1626 on; packed sorts (stable_argsort) up to 1024
+        for n in (1, 2, 30, 1024, 1025, 2047, 3000):
             np.testing.assert_array_equal(jax.jit(prng.permutation, static_argnums=1)(key, n),
                                           jax.random.permutation(key, n))
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 30, 1000, 1024])
+def test_stable_argsort_orders_ties_by_index_as_a_key_value_sort(n):
+    # prng.stable_argsort packs keys and indices into two single-operand sorts; ties in the high
+    # bits, in the low bits and in the whole key must all come out in lax.sort_key_val's order
+    keys = jax.random.bits(jax.random.key(n), (40, n), jnp.uint32)
+    variants = [keys, keys >> 29, keys << 29, (keys >> 29) << 5, jnp.zeros_like(keys), keys | 1023]
+    sort = jax.jit(jax.vmap(prng.stable_argsort))
+    for k in variants:
+        expected = jax.vmap(lambda row: jax.lax.sort_key_val(row, jnp.arange(n, dtype=jnp.int32))[1])(k)
+        np.testing.assert_array_equal(sort(k), expected)
+    with pytest.raises(ValueError, match="n = 1025 needs 33"):
+        prng.stable_argsort(jnp.zeros(1025, jnp.uint32))
 
 
 def test_nested_vmap_keeps_jax_random_numbers():
