@@ -316,14 +316,46 @@ def _paired_ratios(x: Array, loc: Array, precision: Array, p: Array, s: Array) -
     The sum over c is a product with a vector of ones (:func:`_row_sums`): per assignment, 0.5-0.7x
     the time of a float reduction on XLA:CPU (benchmarks/RESULTS.md, "Thirteenth stop").
     """
+    return _forward_terms(x, loc, precision, p, s, 2 if _two_per_pass(x.shape[0]) else 1)
+
+
+def _two_per_pass(num_units: int) -> bool:
+    """Two assignments per pass over the units from d = 512 on (:func:`_forward_terms`).
+
+    Measured on XLA:CPU at C = 795 (``orbit_passes.py``, benchmarks/RESULTS.md "Eighteenth
+    stop"): 0.66-0.95x the forward loop at d = 512 and 1024, 0.91-0.96x at d = 256, 1.18-1.31x at
+    d = 30 and 100.
+    """
+    return num_units >= 512
+
+
+def _forward_terms(x: Array, loc: Array, precision: Array, p: Array, s: Array, per_pass: int) -> Array:
+    """The terms t_k of :func:`_paired_ratios`, ``per_pass`` (1 or 2) assignments per pass.
+
+    Two per pass read x, loc and a once for both assignments' differences (a ``(d, 2, C)`` product
+    summed per assignment); an odd K repeats its last assignment and drops the copy.
+    """
     r = x - loc
+    if per_pass == 1:
+        def one(ps):
+            pk, sk = ps
+            delta = sk[:, None] * x[pk] - x
+            return -0.5 * jnp.sum(_row_sums(precision * delta * (delta + 2.0 * r)))
 
-    def one(ps):
+        return jax.lax.map(one, (p, s))
+    if per_pass != 2:
+        raise ValueError(f"per_pass must be 1 or 2, got {per_pass!r}")
+    k, d = p.shape
+    if k % 2:
+        p, s = jnp.concatenate([p, p[-1:]]), jnp.concatenate([s, s[-1:]])
+    pairs = tuple(v.reshape(-1, 2, d).transpose(0, 2, 1) for v in (p, s))  # (K / 2, d, 2)
+
+    def two(ps):
         pk, sk = ps
-        delta = sk[:, None] * x[pk] - x
-        return -0.5 * jnp.sum(_row_sums(precision * delta * (delta + 2.0 * r)))
+        delta = sk[:, :, None] * x[pk] - x[:, None, :]  # (d, 2, C)
+        return -0.5 * jnp.sum(_row_sums(precision[:, None, :] * delta * (delta + 2.0 * r[:, None, :])), axis=0)
 
-    return jax.lax.map(one, (p, s))
+    return jax.lax.map(two, pairs).reshape(-1)[:k]
 
 
 def _paired_ratios_fwd(x, loc, precision, p, s):

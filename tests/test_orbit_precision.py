@@ -270,3 +270,23 @@ def test_zero_weight_backward_leaves_no_transposes_outside_the_conditional(width
     assert value == value_ref
     for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(grads_ref)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+@pytest.mark.parametrize("k", [5, 6])
+def test_two_assignments_per_pass_give_the_terms_of_one(k):
+    # units._forward_terms reads the units once for two assignments from d = 512 on; an odd K
+    # repeats its last assignment and drops the copy
+    d = 7
+    kx, km, ks, kp, kf = jax.random.split(jax.random.key(k), 5)
+    x = jax.random.normal(kx, (d, 11))
+    loc = x + 0.1 * jax.random.normal(km, x.shape)
+    precision = 1.0 / jnp.square(0.5 + jax.random.uniform(ks, x.shape))
+    index = jax.vmap(lambda key: jax.random.permutation(key, d))(jax.random.split(kp, k))
+    signs = jnp.where(jax.random.bernoulli(kf, 0.3, index.shape), -1.0, 1.0)
+    one = units._forward_terms(x, loc, precision, index, signs, 1)
+    two = units._forward_terms(x, loc, precision, index, signs, 2)
+    assert two.shape == (k,)
+    np.testing.assert_allclose(two, one, rtol=1e-13, atol=1e-13)
+    assert units._two_per_pass(512) and not units._two_per_pass(511)
+    with pytest.raises(ValueError, match="per_pass must be 1 or 2"):
+        units._forward_terms(x, loc, precision, index, signs, 3)
