@@ -333,7 +333,8 @@ def _forward_terms(x: Array, loc: Array, precision: Array, p: Array, s: Array, p
     """The terms t_k of :func:`_paired_ratios`, ``per_pass`` (1 or 2) assignments per pass.
 
     Two per pass read x, loc and a once for both assignments' differences (a ``(d, 2, C)`` product
-    summed per assignment); an odd K repeats its last assignment and drops the copy.
+    summed per assignment): the same terms up to rounding. An odd K repeats its last assignment and
+    drops the copy.
     """
     r = x - loc
     if per_pass == 1:
