@@ -210,6 +210,8 @@ def stable_argsort(keys: Array) -> Array:
 
     Together: the order by (k, i).
     """
+    if keys.dtype != jnp.uint32 or keys.ndim != 1:
+        raise ValueError(f"keys must be a (n,) uint32 array (vmap it for rows), got {keys.dtype} of shape {keys.shape}")
     n = keys.shape[-1]
     b = _index_bits(n)
     if 3 * b > 32:

@@ -42,6 +42,8 @@ def test_stable_argsort_orders_ties_by_index_as_a_key_value_sort(n):
         np.testing.assert_array_equal(sort(k), expected)
     with pytest.raises(ValueError, match="n = 1025 needs 33"):
         prng.stable_argsort(jnp.zeros(1025, jnp.uint32))
+    with pytest.raises(ValueError, match="keys must be a"):
+        prng.stable_argsort(jnp.zeros(10, jnp.int32))
 
 
 def test_nested_vmap_keeps_jax_random_numbers():
