@@ -185,8 +185,8 @@ def permutation(rng_key: PRNGKey, n: int) -> Array:
     for _ in range(int(np.ceil(3 * np.log(max(1, n)) / np.log(np.iinfo(np.uint32).max)))):
         rng_key, subkey = split(rng_key)
         keys = bits(subkey, (n,))
-        if 3 * _index_bits(n) <= 32:
-            x = x[stable_argsort(keys)]
+        if 3 * _index_bits(n) <= 32:  # one round only (n <= 1024): x is still arange(n)
+            x = stable_argsort(keys)
         else:
             _, x = jax.lax.sort_key_val(keys, x)
     return x
